@@ -1,0 +1,48 @@
+# Jiomosa: `make run` serves the embedded default, `make test` runs every check.
+# Both install what is missing first (Debian packages as root, then a venv).
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 0.0.0.0
+PORT ?= 5000
+APT_PACKAGES := chromium chromium-driver redis-server fonts-dejavu-core curl
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps venv run test lint typecheck unit bench clean
+
+setup: system-deps venv
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/jiomosa serve --host $(HOST) --port $(PORT)
+
+lint: venv
+	$(VENV)/bin/ruff check streamer tests bench
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+-include mk/*.mk

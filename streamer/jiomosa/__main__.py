@@ -1,0 +1,5 @@
+import sys
+
+from jiomosa.cli import main
+
+sys.exit(main())

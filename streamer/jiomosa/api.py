@@ -1,0 +1,281 @@
+"""REST API: the original Jiomosa's paths and shapes, extended compatibly (docs/api.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from jiomosa import SERVICE_NAME, __version__, metrics
+from jiomosa import validation as v
+from jiomosa.appkeys import MANAGER, SETTINGS
+from jiomosa.browser.cdp import CDPError
+from jiomosa.browser.page import InputError, NavigationError
+from jiomosa.inputs import INPUT_TYPES, apply_input
+from jiomosa.sessions import Session, SessionError
+from jiomosa.streaming import MAX_QUALITY, MIN_QUALITY
+from jiomosa.urlpolicy import UrlRejected
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+LONG_POLL_MAX = 30.0
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    metrics.ERRORS.labels(str(status)).inc()
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure becomes a JSON ``{"error": ...}`` with a 4xx/5xx; never a stack trace."""
+    try:
+        return await handler(request)
+    except SessionError as exc:
+        return error(exc.status, str(exc), **exc.extra)
+    except (v.BadRequest, InputError, UrlRejected) as exc:
+        return error(400, str(exc))
+    except NavigationError as exc:
+        return error(502, str(exc))
+    except CDPError as exc:
+        log.warning("browser error on %s: %s", request.path, exc)
+        return error(502, "the browser did not answer")
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, "request body is too large")
+    except web.HTTPException as exc:
+        if exc.empty_body or exc.status < 400:
+            raise
+        return error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty)."""
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(settings.max_body_bytes, request.content_length)
+    raw = await request.content.read(settings.max_body_bytes + 1)
+    if len(raw) > settings.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(settings.max_body_bytes, len(raw))
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise v.BadRequest("body is not valid JSON") from None
+    return v.as_object(data, "body")
+
+
+def session_of(request: web.Request) -> Session:
+    return request.app[MANAGER].get(request.match_info["session_id"])
+
+
+def public_base(request: web.Request) -> str:
+    configured = request.app[SETTINGS].public_url
+    if configured:
+        return configured.rstrip("/")
+    scheme = request.headers.get("X-Forwarded-Proto", request.scheme)
+    return f"{scheme}://{request.host}"
+
+
+# ------------------------------------------------------------------- service
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    return web.json_response({
+        "status": "healthy",
+        "service": SERVICE_NAME,
+        "version": __version__,
+        "active_sessions": manager.capacity().live,
+        "max_sessions": manager.settings.max_sessions,
+        "warm_browsers": manager.provider.warm,
+        "websocket": "enabled",
+    })
+
+
+@routes.get("/api/info")
+async def info(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    return web.json_response({
+        "service": SERVICE_NAME,
+        "version": __version__,
+        "description": "Cloud browser: Chrome renders in the cloud, devices get JPEG frames "
+                       "and send taps, scrolls and keys.",
+        "endpoints": {
+            "health": "GET /health",
+            "create_session": "POST /api/session/create",
+            "load_url": "POST /api/session/{id}/load",
+            "session_info": "GET /api/session/{id}/info",
+            "keepalive": "POST /api/session/{id}/keepalive",
+            "close_session": "POST|DELETE /api/session/{id}/close",
+            "list_sessions": "GET /api/sessions",
+            "input": "POST /api/session/{id}/input/{click|scroll|key|text}",
+            "frame": "GET /api/session/{id}/frame",
+            "metrics": "GET /metrics",
+            "openapi": "GET /api/openapi.json",
+            "socketio": "/socket.io/",
+        },
+        "session_config": {
+            "timeout": s.idle_timeout,
+            "idle_timeout": s.idle_timeout,
+            "max_duration": s.max_duration,
+            "max_sessions": s.max_sessions,
+            "default_viewport": {"width": s.default_width, "height": s.default_height},
+        },
+        "streaming": {
+            "fps_range": [1, 60],
+            "quality_range": [MIN_QUALITY, MAX_QUALITY],
+            "default_fps": s.default_fps,
+            "default_quality": s.default_quality,
+            "frame_encodings": ["binary", "base64"],
+            "default_frame_encoding": s.frame_encoding,
+        },
+    })
+
+
+@routes.get("/metrics")
+async def metrics_endpoint(_request: web.Request) -> web.Response:
+    body = generate_latest(metrics.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/api/openapi.json")
+async def openapi(_request: web.Request) -> web.Response:
+    text = resources.files("jiomosa").joinpath("openapi.json").read_text("utf-8")
+    return web.Response(text=text, content_type="application/json")
+
+
+# ------------------------------------------------------------------- sessions
+@routes.post("/api/session/create")
+async def create_session(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    settings = request.app[SETTINGS]
+    proposed = v.string(data, "session_id", 128, required=False)
+    url = v.string(data, "url", 8192, required=False)
+    viewport = v.viewport(data, settings)
+    session = await request.app[MANAGER].create(proposed, viewport, url or None)
+    base = public_base(request)
+    ws_base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    return web.json_response({
+        "success": True,
+        "session_id": session.id,
+        "created_at": session.created_at,
+        "websocket_url": f"{ws_base}/socket.io/?session_id={session.id}",
+        "viewport": viewport.to_dict(),
+        "page_info": session.page_info_view(),
+    }, status=201)
+
+
+@routes.post("/api/session/{session_id}/load")
+async def load(request: web.Request) -> web.Response:
+    session = session_of(request)
+    data = await read_json(request)
+    url = v.string(data, "url", 8192, required=False)
+    if not url:
+        raise v.BadRequest("URL is required")
+    page_info = await session.load(url, request.app[SETTINGS].navigation_timeout)
+    return web.json_response({"success": True, "message": f"Loaded {page_info['url']}",
+                              "page_info": page_info})
+
+
+@routes.get("/api/session/{session_id}/info")
+async def session_info(request: web.Request) -> web.Response:
+    session = session_of(request)
+    await session.refresh_page_info()
+    return web.json_response(session.info())
+
+
+@routes.post("/api/session/{session_id}/keepalive")
+async def keepalive(request: web.Request) -> web.Response:
+    session = session_of(request)
+    if session.state == "failed":
+        raise SessionError(f"session failed: {session.error}", 409)
+    session.touch()
+    return web.json_response({"success": True, "session_id": session.id,
+                              "last_activity": session.last_activity,
+                              "message": "Session kept alive"})
+
+
+@routes.post("/api/session/{session_id}/close")
+@routes.delete("/api/session/{session_id}/close")
+async def close(request: web.Request) -> web.Response:
+    session = session_of(request)
+    await request.app[MANAGER].close(session.id, "closed by client")
+    return web.json_response({"success": True, "message": f"Session {session.id} closed"})
+
+
+@routes.get("/api/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    sessions = [s.summary() for s in request.app[MANAGER].all()]
+    live = sum(1 for s in sessions if s["status"] in ("starting", "ready"))
+    return web.json_response({"active_sessions": live, "sessions": sessions})
+
+
+@routes.post("/api/session/{session_id}/input/{kind}")
+async def input_event(request: web.Request) -> web.Response:
+    kind = request.match_info["kind"]
+    if kind not in INPUT_TYPES:
+        raise SessionError(f"unknown input type; use one of {', '.join(INPUT_TYPES)}", 404)
+    session = session_of(request)
+    data = await read_json(request)
+    ack = await apply_input(session, kind, data, request.app[SETTINGS])
+    return web.json_response({"success": True, **ack})
+
+
+@routes.get("/api/session/{session_id}/frame")
+async def frame(request: web.Request) -> web.StreamResponse:
+    """The latest screencast JPEG. ``?after=SEQ`` waits (``timeout`` s, at most 30) for a newer
+    one; ``If-None-Match`` answers 304 when the client already has it."""
+    session = session_of(request)
+    q = request.query
+    try:
+        after = int(q.get("after", "-1"))
+        timeout = min(LONG_POLL_MAX, max(0.0, float(q.get("timeout", "25"))))
+        quality = int(q.get("quality", str(MAX_QUALITY)))
+    except ValueError:
+        raise v.BadRequest("after, timeout and quality must be numbers") from None
+    if not MIN_QUALITY <= quality <= MAX_QUALITY:
+        raise v.BadRequest(f"quality must be between {MIN_QUALITY} and {MAX_QUALITY}")
+    hub = session.hub
+    if session.state == "failed":
+        raise SessionError(f"session failed: {session.error}", 409)
+    session.touch()
+    if after >= 0:
+        current = await hub.wait_newer(after, timeout)
+        if current is None:
+            if hub.closed:
+                raise SessionError("session closed", 410)
+            return web.Response(status=204, headers={"Cache-Control": "no-store"})
+    else:
+        current = hub.latest or await hub.wait_newer(0, 5.0)
+        if current is None:
+            raise SessionError("no frame yet", 503)
+    image = await hub.image(current, quality)
+    etag = f'"{session.id[:8]}-{current.seq}-{min(quality, current.quality)}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "no-cache",
+        "X-Frame-Seq": str(current.seq),
+        "X-Frame-Width": str(current.width),
+        "X-Frame-Height": str(current.height),
+        "X-Frame-Timestamp": f"{current.timestamp:.3f}",
+    }
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=image, content_type="image/jpeg", headers=headers)
+
+
+@routes.get("/")
+async def index(_request: web.Request) -> web.Response:
+    text = resources.files("jiomosa").joinpath("static/index.html").read_text("utf-8")
+    return web.Response(text=text, content_type="text/html")

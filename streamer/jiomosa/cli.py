@@ -1,0 +1,38 @@
+"""``jiomosa`` command line: ``serve`` runs the streamer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aiohttp import web
+
+from jiomosa import __version__, logs
+from jiomosa.settings import Settings, SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jiomosa", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"jiomosa {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the streamer (REST, Socket.IO, web page)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=int, default=5000, help="port to listen on")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"jiomosa: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_format, settings.log_level)
+    if args.command == "serve":
+        from jiomosa.app import build_app
+
+        web.run_app(build_app(settings), host=args.host, port=args.port,
+                    access_log=None, print=None, shutdown_timeout=10.0)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

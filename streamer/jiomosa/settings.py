@@ -1,0 +1,191 @@
+"""Service settings, read once from ``JIOMOSA_*`` environment variables.
+
+Every field documents its variable; ``docs/configuration.md`` is generated from the same
+docstrings' content by hand and a test keeps the two in step (``tests/test_settings.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Backend = Literal["local", "grid", "kubernetes"]
+StoreKind = Literal["memory", "redis"]
+FrameEncoding = Literal["binary", "base64"]
+
+
+class SettingsError(ValueError):
+    """A ``JIOMOSA_*`` variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All knobs of the streamer. Defaults are the embedded mode: local Chromium, memory store."""
+
+    backend: Backend = "local"
+    """``JIOMOSA_BACKEND``: where browsers run. ``local`` starts Chromium through
+    ``chromedriver`` on this machine; ``grid`` asks an existing Selenium Grid or standalone
+    WebDriver endpoint (``JIOMOSA_GRID_URL``); ``kubernetes`` creates BrowserSession resources."""
+
+    grid_url: str = ""
+    """``JIOMOSA_GRID_URL``: WebDriver URL of the Grid (e.g. ``http://selenium:4444``) for
+    ``backend=grid``."""
+
+    chromium_path: str = "/usr/bin/chromium"
+    """``JIOMOSA_CHROMIUM``: the Chromium binary for the local backend."""
+
+    chromedriver_path: str = "/usr/bin/chromedriver"
+    """``JIOMOSA_CHROMEDRIVER``: the chromedriver binary for the local backend."""
+
+    max_sessions: int = 8
+    """``JIOMOSA_MAX_SESSIONS``: sessions this streamer serves at once; more gets 503."""
+
+    idle_timeout: float = 300.0
+    """``JIOMOSA_IDLE_TIMEOUT``: seconds without a subscriber, input or keepalive after which a
+    session is closed."""
+
+    max_duration: float = 3600.0
+    """``JIOMOSA_MAX_DURATION``: seconds after creation at which a session is closed whatever
+    it is doing (0 = no limit)."""
+
+    allow_hosts: tuple[str, ...] = ()
+    """``JIOMOSA_ALLOW_HOSTS``: comma-separated host names, IPs or CIDRs exempt from the
+    private-network block (e.g. ``127.0.0.1,10.1.0.0/16,intranet.example``)."""
+
+    warm_browsers: int = 1
+    """``JIOMOSA_WARM_BROWSERS``: browsers kept started and ready so that a new session does
+    not wait for Chromium to boot. 0 turns the pool off."""
+
+    default_width: int = 1280
+    """``JIOMOSA_DEFAULT_WIDTH``: viewport width in CSS pixels when create gives none."""
+
+    default_height: int = 720
+    """``JIOMOSA_DEFAULT_HEIGHT``: viewport height in CSS pixels when create gives none."""
+
+    default_quality: int = 80
+    """``JIOMOSA_DEFAULT_QUALITY``: JPEG quality (10-90) Chrome encodes frames with, and the
+    quality a new subscriber starts at."""
+
+    default_fps: int = 60
+    """``JIOMOSA_DEFAULT_FPS``: frame-rate cap (1-60) a new subscriber starts with."""
+
+    frame_encoding: FrameEncoding = "binary"
+    """``JIOMOSA_FRAME_ENCODING``: how ``frame.image`` travels when the subscriber does not
+    say: ``binary`` (Socket.IO attachment) or ``base64`` (the original's data URL, for fleets of
+    old clients that cannot be updated)."""
+
+    navigation_timeout: float = 20.0
+    """``JIOMOSA_NAVIGATION_TIMEOUT``: seconds a load waits for the page's load event before it
+    answers with whatever the page has reached."""
+
+    browser_start_timeout: float = 60.0
+    """``JIOMOSA_BROWSER_START_TIMEOUT``: seconds to wait for a browser to start."""
+
+    max_body_bytes: int = 64 * 1024
+    """``JIOMOSA_MAX_BODY_BYTES``: largest accepted REST request body or Socket.IO message."""
+
+    max_text_chars: int = 4096
+    """``JIOMOSA_MAX_TEXT_CHARS``: longest text accepted by one text-input event."""
+
+    cors_origins: str = "*"
+    """``JIOMOSA_CORS_ORIGINS``: origins allowed to call the REST API and Socket.IO from a
+    browser page (comma-separated, ``*`` for any)."""
+
+    store: StoreKind = "memory"
+    """``JIOMOSA_STORE``: where session routing state lives: ``memory`` (one streamer) or
+    ``redis`` (a fleet)."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """``JIOMOSA_REDIS_URL``: Redis for ``store=redis``."""
+
+    namespace: str = "default"
+    """``JIOMOSA_NAMESPACE``: namespace of BrowserSession resources for ``backend=kubernetes``."""
+
+    log_format: Literal["json", "text"] = "json"
+    """``JIOMOSA_LOG_FORMAT``: ``json`` (one object per line) or ``text``."""
+
+    log_level: str = "INFO"
+    """``JIOMOSA_LOG_LEVEL``: Python logging level name."""
+
+    public_url: str = ""
+    """``JIOMOSA_PUBLIC_URL``: base URL clients reach this service at, used in
+    ``websocket_url``; empty = derived from the request."""
+
+    extra_chrome_args: tuple[str, ...] = field(default=())
+    """``JIOMOSA_CHROME_ARGS``: extra Chromium flags, space-separated."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``); raise SettingsError if bad."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            var = _VARS.get(f.name, "JIOMOSA_" + f.name.upper())
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, var, raw)
+        try:
+            settings = cls(**values)  # type: ignore[arg-type]
+        except TypeError as exc:  # pragma: no cover - dataclass signature is fixed
+            raise SettingsError(str(exc)) from exc
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise SettingsError naming the variable of the first unusable value."""
+        checks: list[tuple[bool, str]] = [
+            (self.backend in ("local", "grid", "kubernetes"),
+             "JIOMOSA_BACKEND must be local, grid or kubernetes"),
+            (self.backend != "grid" or bool(self.grid_url),
+             "JIOMOSA_GRID_URL is required when JIOMOSA_BACKEND=grid"),
+            (self.store in ("memory", "redis"), "JIOMOSA_STORE must be memory or redis"),
+            (self.max_sessions >= 1, "JIOMOSA_MAX_SESSIONS must be >= 1"),
+            (self.idle_timeout > 0, "JIOMOSA_IDLE_TIMEOUT must be > 0"),
+            (self.max_duration >= 0, "JIOMOSA_MAX_DURATION must be >= 0"),
+            (self.warm_browsers >= 0, "JIOMOSA_WARM_BROWSERS must be >= 0"),
+            (10 <= self.default_quality <= 90, "JIOMOSA_DEFAULT_QUALITY must be 10-90"),
+            (1 <= self.default_fps <= 60, "JIOMOSA_DEFAULT_FPS must be 1-60"),
+            (200 <= self.default_width <= 3840, "JIOMOSA_DEFAULT_WIDTH must be 200-3840"),
+            (200 <= self.default_height <= 2160, "JIOMOSA_DEFAULT_HEIGHT must be 200-2160"),
+            (self.frame_encoding in ("binary", "base64"),
+             "JIOMOSA_FRAME_ENCODING must be binary or base64"),
+            (self.log_format in ("json", "text"), "JIOMOSA_LOG_FORMAT must be json or text"),
+            (self.max_body_bytes >= 1024, "JIOMOSA_MAX_BODY_BYTES must be >= 1024"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+
+
+# Fields whose variable name is not simply JIOMOSA_<FIELD>.
+_VARS = {
+    "chromium_path": "JIOMOSA_CHROMIUM",
+    "chromedriver_path": "JIOMOSA_CHROMEDRIVER",
+    "extra_chrome_args": "JIOMOSA_CHROME_ARGS",
+}
+
+
+def env_var(field_name: str) -> str:
+    """The environment variable that sets ``field_name``."""
+    return _VARS.get(field_name, "JIOMOSA_" + field_name.upper())
+
+
+def _parse(name: str, var: str, raw: str) -> object:
+    default = next(f for f in dataclasses.fields(Settings) if f.name == name).default
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            sep = " " if name == "extra_chrome_args" else ","
+            return tuple(p.strip() for p in raw.split(sep) if p.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{var}: cannot read {raw!r} as {type(default).__name__}") from exc
+    return raw.strip()

@@ -1,0 +1,363 @@
+"""Frame fan-out: one screencast per session, paced separately for every client.
+
+``FrameHub`` holds a session's latest frame and its subscribers. Each ``Subscriber`` runs one
+task that sends the *latest* frame when (a) there is one it has not sent, (b) its fps cap allows,
+and (c) its transport has drained the previous frame. A slow client therefore skips frames and
+never builds a backlog, and how long the transport takes to drain is the throughput measure that
+drives adaptive quality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from jiomosa import metrics
+
+log = logging.getLogger(__name__)
+
+MIN_QUALITY = 10
+MAX_QUALITY = 90
+QUALITY_STEP = 10
+MIN_FPS = 1
+MAX_FPS = 60
+STALL_SLICE = 0.5  # seconds of no drain at all that count as one stall
+DRAIN_GIVE_UP = 30.0  # seconds after which a frame that never drains is written off
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One JPEG from Chrome's screencast."""
+
+    seq: int
+    jpeg: bytes
+    width: int
+    height: int
+    quality: int
+    timestamp: float
+    """Unix epoch seconds at which the frame reached the streamer."""
+    received: float = field(default_factory=time.monotonic)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a JPEG's SOF header (without decoding the image)."""
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(data[i + 5:i + 7], "big")
+            width = int.from_bytes(data[i + 7:i + 9], "big")
+            return width, height
+        i += 2 + length
+    raise ValueError("not a JPEG with a frame header")
+
+
+def reencode(jpeg: bytes, quality: int) -> bytes:
+    """Re-encode a frame at a lower quality (CPU work: run it in a thread)."""
+    with Image.open(io.BytesIO(jpeg)) as image:
+        out = io.BytesIO()
+        image.convert("RGB").save(out, "JPEG", quality=quality, optimize=True)
+        return out.getvalue()
+
+
+class Transport(Protocol):
+    """How one client receives frames."""
+
+    name: str
+
+    async def send_frame(self, frame: Frame, image: bytes, sub: Subscriber) -> None: ...
+
+    async def drained(self) -> None:
+        """Return once the transport has taken everything sent so far off its queue."""
+        ...
+
+
+class FrameHub:
+    """The latest frame of one session and the clients that want it."""
+
+    def __init__(self, session_id: str, source_quality: int) -> None:
+        self.session_id = session_id
+        self.source_quality = source_quality
+        self.latest: Frame | None = None
+        self.subscribers: dict[str, Subscriber] = {}
+        self._variants: dict[tuple[int, str], asyncio.Future[bytes]] = {}
+        self._new_frame = asyncio.Event()
+        self.frames_captured = 0
+        self.closed = False
+
+    def publish(self, jpeg: bytes, quality: int | None = None) -> Frame | None:
+        try:
+            width, height = jpeg_size(jpeg)
+        except ValueError:
+            return None
+        seq = self.latest.seq + 1 if self.latest else 1
+        frame = Frame(seq, jpeg, width, height, quality or self.source_quality, time.time())
+        previous, self.latest = self.latest, frame
+        if previous is not None:
+            for sub in self.subscribers.values():
+                sub.note_replaced(previous)
+        self._variants.clear()
+        self.frames_captured += 1
+        metrics.FRAMES_CAPTURED.inc()
+        for sub in self.subscribers.values():
+            sub.wake()
+        # Long-pollers wait on the event; swap it so that each wakes exactly once.
+        event, self._new_frame = self._new_frame, asyncio.Event()
+        event.set()
+        return frame
+
+    async def wait_newer(self, after_seq: int, timeout: float) -> Frame | None:
+        """The latest frame once its seq is above ``after_seq`` (None after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.latest
+            if frame is not None and frame.seq > after_seq:
+                return frame
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.closed:
+                return None
+            try:
+                await asyncio.wait_for(self._new_frame.wait(), remaining)
+            except TimeoutError:
+                return None
+
+    async def image(self, frame: Frame, quality: int, encoding: str = "binary") -> bytes:
+        """The frame's JPEG at ``quality`` (re-encoded once per frame and quality, shared by
+        all clients), or its data-URL bytes for ``encoding='base64'``."""
+        quality = min(quality, frame.quality)
+        key = (quality, encoding)
+        future = self._variants.get(key)
+        if future is None or frame is not self.latest:
+            future = asyncio.get_running_loop().create_future()
+            if frame is self.latest:
+                self._variants[key] = future
+            try:
+                if quality >= frame.quality:
+                    data = frame.jpeg
+                else:
+                    data = await asyncio.to_thread(reencode, frame.jpeg, quality)
+                if encoding == "base64":
+                    data = b"data:image/jpeg;base64," + base64.b64encode(data)
+            except BaseException as exc:
+                future.set_exception(exc)
+                self._variants.pop(key, None)
+                raise
+            future.set_result(data)
+            return data
+        return await asyncio.shield(future)
+
+    def add(self, sub: Subscriber) -> None:
+        self.subscribers[sub.id] = sub
+        sub.start()
+
+    async def remove(self, sub_id: str) -> None:
+        sub = self.subscribers.pop(sub_id, None)
+        if sub is not None:
+            await sub.stop()
+
+    async def close(self) -> None:
+        self.closed = True
+        self._new_frame.set()
+        for sub_id in list(self.subscribers):
+            await self.remove(sub_id)
+
+
+class Subscriber:
+    """One client of one session, with its own pacing, quality and statistics."""
+
+    def __init__(
+        self,
+        sub_id: str,
+        hub: FrameHub,
+        transport: Transport,
+        fps: int,
+        quality: int,
+        adaptive: bool = True,
+        encoding: str = "binary",
+        on_quality_change: Callable[[Subscriber, str], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        self.id = sub_id
+        self.hub = hub
+        self.transport = transport
+        self.fps = fps
+        self.quality = quality
+        self.adaptive = adaptive
+        self.encoding = encoding
+        self.manual_quality: int | None = None
+        self._on_quality_change = on_quality_change
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.sent_seq = 0
+        self.frames_sent = 0
+        self.frames_skipped = 0
+        self.bytes_sent = 0
+        self.throughput_bps = 0.0
+        self._send_times: deque[float] = deque(maxlen=128)
+        self._congested: deque[float] = deque(maxlen=16)
+        self._last_quality_change = 0.0
+        self._last_emit = 0.0
+        self._last_drained = 0.0
+        self._last_size = 0
+        self._previous_size = 0
+
+    # --------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"subscriber-{self.id}")
+        self.wake()  # the current picture goes out at once
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:
+                pass
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --------------------------------------------------------------- settings
+    def set_fps(self, fps: int) -> None:
+        self.fps = max(MIN_FPS, min(MAX_FPS, fps))
+
+    def set_quality(self, quality: int) -> None:
+        self.quality = max(MIN_QUALITY, min(MAX_QUALITY, quality))
+        self.manual_quality = self.quality
+
+    @property
+    def actual_fps(self) -> float:
+        now = time.monotonic()
+        return float(sum(1 for t in self._send_times if now - t <= 1.0))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "size": self._last_size,
+            "quality": self.quality,
+            "fps": self.fps,
+            "actualFps": self.actual_fps,
+            "bandwidthMbps": round(self.throughput_bps * 8 / 1e6, 3),
+            "adaptive": self.adaptive,
+            "framesSent": self.frames_sent,
+            "framesSkipped": self.frames_skipped,
+        }
+
+    # --------------------------------------------------------------- the send loop
+    async def _run(self) -> None:
+        hub = self.hub
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            frame = hub.latest
+            if frame is None or frame.seq <= self.sent_seq:
+                continue
+            delay = self._last_emit + 1.0 / self.fps - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                frame = hub.latest or frame  # latest-frame-wins
+            try:
+                image = await hub.image(frame, self.quality, self.encoding)
+                self._last_size = len(image)
+                emit_at = time.monotonic()
+                await self.transport.send_frame(frame, image, self)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.info("frame send to %s failed; stopping its stream", self.id, exc_info=True)
+                return
+            self.sent_seq = frame.seq
+            self.frames_sent += 1
+            self.bytes_sent += len(image)
+            self._send_times.append(emit_at)
+            metrics.FRAMES_DELIVERED.labels(self.transport.name).inc()
+            metrics.BYTES_SENT.labels(self.transport.name).inc(len(image))
+            await self._wait_drained(len(image))
+            self._last_emit = emit_at
+            if hub.latest is not None and hub.latest.seq > self.sent_seq:
+                self._wake.set()
+
+    def note_replaced(self, frame: Frame) -> None:
+        """``frame`` was replaced by a newer one; count it if this client never got it."""
+        if self.sent_seq < frame.seq and self._task is not None:
+            self.frames_skipped += 1
+            metrics.FRAMES_SKIPPED.labels(self.transport.name).inc()
+
+    async def _wait_drained(self, size: int) -> None:
+        """Wait until the transport took the frame just sent, learning from how long that took:
+        while it waits, the transport is still writing the previous frame to a client that
+        cannot take more. That wait, not our own output rate, drives adaptive quality."""
+        started = time.monotonic()
+        drain = asyncio.ensure_future(self.transport.drained())
+        budget = max(1.0 / self.fps, 1.0 / MAX_FPS)
+        try:
+            while True:
+                done, _ = await asyncio.wait({drain}, timeout=STALL_SLICE)
+                now = time.monotonic()
+                if done:
+                    break
+                # Stalled: the client takes nothing at all. Lower quality while it lasts.
+                self._congestion(now, stalled=True)
+                if now - started > DRAIN_GIVE_UP:
+                    log.info("client %s took no frame for %.0fs", self.id, now - started)
+                    return
+        finally:
+            drain.cancel()
+        wait = now - started
+        busy_since = max(self._last_drained, self._last_emit)
+        if wait > 0.002 and busy_since:
+            # The writer was busy from when the previous frame left the queue until now.
+            rate = self._previous_size / max(now - busy_since, 1e-3)
+            self.throughput_bps = rate if not self.throughput_bps else (
+                0.7 * self.throughput_bps + 0.3 * rate)
+        else:
+            # Unconstrained: report what actually went out over the last second.
+            sent = sum(1 for t in self._send_times if now - t <= 1.0)
+            self.throughput_bps = max(self.throughput_bps * 0.9, sent * size)
+        self._previous_size = size
+        self._last_drained = now
+        if wait > budget:
+            self._congestion(now)
+        else:
+            self._maybe_raise(now)
+
+    def _congestion(self, now: float, stalled: bool = False) -> None:
+        self._congested.append(now)
+        if not self.adaptive or self.quality <= MIN_QUALITY:
+            return
+        recent = sum(1 for t in self._congested if now - t <= 1.0)
+        if (stalled or recent >= 3) and now - self._last_quality_change > 1.0:
+            self._change_quality(max(MIN_QUALITY, self.quality - QUALITY_STEP), "congested")
+
+    def _maybe_raise(self, now: float) -> None:
+        ceiling = self.hub.source_quality
+        if (self.adaptive and self.quality < ceiling
+                and now - self._last_quality_change > 3.0
+                and (not self._congested or now - self._congested[-1] > 3.0)):
+            self._change_quality(min(ceiling, self.quality + QUALITY_STEP), "headroom")
+
+    def _change_quality(self, quality: int, reason: str) -> None:
+        if quality == self.quality:
+            return
+        self.quality = quality
+        self._last_quality_change = time.monotonic()
+        self._congested.clear()
+        metrics.QUALITY_CHANGES.labels(reason).inc()
+        if self._on_quality_change is not None:
+            task = asyncio.create_task(self._on_quality_change(self, reason))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
