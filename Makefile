@@ -33,7 +33,7 @@ run: setup
 	$(VENV)/bin/jiomosa serve --host $(HOST) --port $(PORT)
 
 lint: venv
-	$(VENV)/bin/ruff check streamer tests bench
+	$(VENV)/bin/ruff check streamer operator tests bench
 	$(VENV)/bin/mypy
 
 test: setup lint

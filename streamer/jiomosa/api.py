@@ -251,6 +251,8 @@ async def frame(request: web.Request) -> web.StreamResponse:
         raise SessionError(f"session failed: {session.error}", 409)
     session.touch()
     if after >= 0:
+        if after > (hub.latest.seq if hub.latest else 0):
+            after = 0  # a seq from an earlier session of the same id: the current frame is new
         current = await hub.wait_newer(after, timeout)
         if current is None:
             if hub.closed:
@@ -273,9 +275,3 @@ async def frame(request: web.Request) -> web.StreamResponse:
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     return web.Response(body=image, content_type="image/jpeg", headers=headers)
-
-
-@routes.get("/")
-async def index(_request: web.Request) -> web.Response:
-    text = resources.files("jiomosa").joinpath("static/index.html").read_text("utf-8")
-    return web.Response(text=text, content_type="text/html")

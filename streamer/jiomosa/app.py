@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from jiomosa import api, metrics
+from jiomosa import api, metrics, plainws, webapp
 from jiomosa.appkeys import MANAGER, SETTINGS, STREAMS
 from jiomosa.sessions import SessionManager
 from jiomosa.settings import Settings
@@ -30,6 +30,8 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(api.routes)
     app.cleanup_ctx.append(_manager_ctx)
     app.on_shutdown.append(_on_shutdown)
+    plainws.setup(app)  # after _on_shutdown: sessions close (and tell clients) first
+    webapp.setup(app)
     return app
 
 
@@ -49,6 +51,8 @@ async def _manager_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _on_shutdown(app: web.Application) -> None:
+    # Clients learn that their sessions end (session:closed) before their sockets go.
+    await app[MANAGER].close_all("server shutdown")
     await app[STREAMS].shutdown()
 
 

@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"jiomosa: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if settings.store == "redis":
+        # Refuse rather than silently run with in-process state.
+        print("jiomosa: JIOMOSA_STORE=redis is not available in this version", file=sys.stderr)
+        return 2
     logs.setup(settings.log_format, settings.log_level)
     if args.command == "serve":
         from jiomosa.app import build_app

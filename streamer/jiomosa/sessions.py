@@ -164,13 +164,14 @@ class SessionManager:
             self._reaper.cancel()
             with contextlib.suppress(BaseException):
                 await self._reaper
-        await asyncio.gather(
-            *(self.close(s.id, "server shutdown") for s in list(self.sessions.values())),
-            return_exceptions=True,
-        )
+        await self.close_all("server shutdown")
         await self.provider.stop()
         for task in list(self._background):
             task.cancel()
+
+    async def close_all(self, reason: str) -> None:
+        await asyncio.gather(*(self.close(s.id, reason) for s in list(self.sessions.values())),
+                             return_exceptions=True)
 
     def on_closed(self, notifier: Notifier) -> None:
         """Call ``notifier(session, reason)`` before a session's subscribers are dropped."""

@@ -212,6 +212,7 @@ class Subscriber:
         self._congested: deque[float] = deque(maxlen=16)
         self._last_quality_change = 0.0
         self._last_emit = 0.0
+        self._tat = 0.0  # theoretical arrival time of the next frame (GCRA)
         self._last_drained = 0.0
         self._last_size = 0
         self._previous_size = 0
@@ -267,7 +268,10 @@ class Subscriber:
             frame = hub.latest
             if frame is None or frame.seq <= self.sent_seq:
                 continue
-            delay = self._last_emit + 1.0 / self.fps - time.monotonic()
+            # GCRA pacing: the long-run rate never exceeds the cap, yet a frame that arrives a
+            # little early (vsync jitter) is not held back a whole interval.
+            interval = 1.0 / self.fps
+            delay = self._tat - interval / 2 - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
                 frame = hub.latest or frame  # latest-frame-wins
@@ -281,6 +285,7 @@ class Subscriber:
             except Exception:
                 log.info("frame send to %s failed; stopping its stream", self.id, exc_info=True)
                 return
+            self._tat = max(self._tat, emit_at) + interval
             self.sent_seq = frame.seq
             self.frames_sent += 1
             self.bytes_sent += len(image)
