@@ -23,30 +23,33 @@ async def _wait_gone(api: Api, sid: str, timeout: float) -> float:
 
 async def test_idle_timeout_and_what_counts_as_activity(
         start_streamer: type[StreamerProcess], pages: PageServer) -> None:
-    proc = start_streamer({"JIOMOSA_IDLE_TIMEOUT": "2", "JIOMOSA_WARM_BROWSERS": "0"}).start()
+    proc = start_streamer({"JIOMOSA_IDLE_TIMEOUT": "3", "JIOMOSA_WARM_BROWSERS": "0"}).start()
     async with aiohttp.ClientSession() as http:
         api = Api(http, proc.base)
-        idle = (await api.create())["session_id"]
-        kept = (await api.create())["session_id"]
         watched = (await api.create(url=pages.url("/static")))["session_id"]
-        started = time.monotonic()
         async with SioProbe(proc.base) as probe:
             await probe.subscribe(watched)
+            kept = (await api.create())["session_id"]
+            idle = (await api.create())["session_id"]
+            started = time.monotonic()
             # keepalive every second keeps `kept`; the subscriber keeps `watched`; `idle` goes.
             idle_gone = False
-            while time.monotonic() - started < 4.5 or not idle_gone:
+            while time.monotonic() - started < 5.0 or not idle_gone:
                 assert time.monotonic() - started < 15, "an idle session outlived its timeout"
                 status, _ = await api.call("POST", f"/api/session/{kept}/keepalive")
                 assert status == 200
                 status, _ = await api.call("GET", f"/api/session/{idle}/info")
                 idle_gone = status == 404
-                await asyncio.sleep(1.0)
+                if idle_gone:
+                    # Not reaped early either (3 s timeout, 1 s reaper period).
+                    assert time.monotonic() - started >= 2.5
+                await asyncio.sleep(0.5)
             for sid in (kept, watched):
                 status, info = await api.call("GET", f"/api/session/{sid}/info")
                 assert status == 200 and info["status"] == "ready", sid
         # Once the last subscriber leaves, the watched session goes idle too.
-        gone = await _wait_gone(api, watched, 6.0)
-        assert gone - started > 4.5
+        gone = await _wait_gone(api, watched, 8.0)
+        assert gone - started > 5.0
     records = proc.log_records()
     assert any(r.get("session_id") == idle and "idle timeout" in r["msg"] for r in records)
 

@@ -16,8 +16,8 @@ from jiomosa import validation as v
 from jiomosa.appkeys import MANAGER, SETTINGS
 from jiomosa.browser.cdp import CDPError
 from jiomosa.browser.page import InputError, NavigationError
-from jiomosa.inputs import INPUT_TYPES, apply_input
-from jiomosa.sessions import Session, SessionError
+from jiomosa.inputs import INPUT_TYPES
+from jiomosa.sessions import AnySession, SessionError
 from jiomosa.streaming import MAX_QUALITY, MIN_QUALITY
 from jiomosa.urlpolicy import UrlRejected
 
@@ -76,8 +76,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return v.as_object(data, "body")
 
 
-def session_of(request: web.Request) -> Session:
-    return request.app[MANAGER].get(request.match_info["session_id"])
+async def session_of(request: web.Request) -> AnySession:
+    return await request.app[MANAGER].lookup(request.match_info["session_id"])
 
 
 def public_base(request: web.Request) -> str:
@@ -96,7 +96,7 @@ async def health(request: web.Request) -> web.Response:
         "status": "healthy",
         "service": SERVICE_NAME,
         "version": __version__,
-        "active_sessions": manager.capacity().live,
+        "active_sessions": manager.live_count(),
         "max_sessions": manager.settings.max_sessions,
         "warm_browsers": manager.provider.warm,
         "websocket": "enabled",
@@ -178,7 +178,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 @routes.post("/api/session/{session_id}/load")
 async def load(request: web.Request) -> web.Response:
-    session = session_of(request)
+    session = await session_of(request)
     data = await read_json(request)
     url = v.string(data, "url", 8192, required=False)
     if not url:
@@ -190,33 +190,30 @@ async def load(request: web.Request) -> web.Response:
 
 @routes.get("/api/session/{session_id}/info")
 async def session_info(request: web.Request) -> web.Response:
-    session = session_of(request)
-    await session.refresh_page_info()
-    return web.json_response(session.info())
+    session = await session_of(request)
+    return web.json_response(await session.info())
 
 
 @routes.post("/api/session/{session_id}/keepalive")
 async def keepalive(request: web.Request) -> web.Response:
-    session = session_of(request)
-    if session.state == "failed":
-        raise SessionError(f"session failed: {session.error}", 409)
-    session.touch()
+    session = await session_of(request)
+    last_activity = await session.keepalive()
     return web.json_response({"success": True, "session_id": session.id,
-                              "last_activity": session.last_activity,
+                              "last_activity": last_activity,
                               "message": "Session kept alive"})
 
 
 @routes.post("/api/session/{session_id}/close")
 @routes.delete("/api/session/{session_id}/close")
 async def close(request: web.Request) -> web.Response:
-    session = session_of(request)
+    session = await session_of(request)
     await request.app[MANAGER].close(session.id, "closed by client")
     return web.json_response({"success": True, "message": f"Session {session.id} closed"})
 
 
 @routes.get("/api/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
-    sessions = [s.summary() for s in request.app[MANAGER].all()]
+    sessions = await request.app[MANAGER].summaries()
     live = sum(1 for s in sessions if s["status"] in ("starting", "ready"))
     return web.json_response({"active_sessions": live, "sessions": sessions})
 
@@ -226,9 +223,9 @@ async def input_event(request: web.Request) -> web.Response:
     kind = request.match_info["kind"]
     if kind not in INPUT_TYPES:
         raise SessionError(f"unknown input type; use one of {', '.join(INPUT_TYPES)}", 404)
-    session = session_of(request)
+    session = await session_of(request)
     data = await read_json(request)
-    ack = await apply_input(session, kind, data, request.app[SETTINGS])
+    ack = await session.input(kind, data)
     return web.json_response({"success": True, **ack})
 
 
@@ -236,7 +233,7 @@ async def input_event(request: web.Request) -> web.Response:
 async def frame(request: web.Request) -> web.StreamResponse:
     """The latest screencast JPEG. ``?after=SEQ`` waits (``timeout`` s, at most 30) for a newer
     one; ``If-None-Match`` answers 304 when the client already has it."""
-    session = session_of(request)
+    session = await session_of(request)
     q = request.query
     try:
         after = int(q.get("after", "-1"))

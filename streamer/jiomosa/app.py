@@ -9,7 +9,7 @@ from aiohttp import web
 
 from jiomosa import api, metrics, plainws, webapp
 from jiomosa.appkeys import MANAGER, SETTINGS, STREAMS
-from jiomosa.sessions import SessionManager
+from jiomosa.manager import SessionManager
 from jiomosa.settings import Settings
 from jiomosa.sio import StreamServer
 
@@ -51,8 +51,9 @@ async def _manager_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    # Clients learn that their sessions end (session:closed) before their sockets go.
-    await app[MANAGER].close_all("server shutdown")
+    # Sessions are handed to the fleet or closed (their clients get session:closed) before
+    # the sockets go.
+    await app[MANAGER].shutdown()
     await app[STREAMS].shutdown()
 
 

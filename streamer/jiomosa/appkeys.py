@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from jiomosa.sessions import SessionManager
+from jiomosa.manager import SessionManager
 from jiomosa.settings import Settings
 from jiomosa.sio import StreamServer
 

@@ -8,11 +8,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from jiomosa.browser import driver
 from jiomosa.browser.cdp import CDPConnection
 from jiomosa.browser.driver import BrowserEndpoint, BrowserStartError
+from jiomosa.browser.page import Viewport
 from jiomosa.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,46 @@ class BrowserLease:
                 driver.quit_remote, self.endpoint.webdriver_url, self.endpoint.webdriver_session_id
             )
 
+    def note_activity(self, at: float) -> None:
+        """The session saw user activity at ``at`` (Unix time); backends that reap idle
+        browsers themselves (kubernetes) are told."""
+
 
 class BrowserProvider(Protocol):
+    """Hands out browsers for new sessions."""
+
     async def start(self) -> None: ...
 
     async def acquire(self, width: int, height: int, scale: float = 1.0) -> BrowserLease: ...
 
+    def lease_for(self, endpoint: BrowserEndpoint) -> BrowserLease:
+        """A lease for a browser another streamer started (adoption after failover)."""
+        ...
+
+    def request_refill(self) -> None: ...
+
+    async def find(self, name: str) -> tuple[BrowserLease, Viewport] | None:
+        """A browser the backend knows by ``name`` that no streamer serves (a BrowserSession
+        made with kubectl), or None."""
+        ...
+
+    async def listed(self) -> list[dict[str, Any]]:
+        """Summaries (as ``/api/sessions`` lists them) of such browsers."""
+        ...
+
+    @property
+    def warm(self) -> int: ...
+
     async def stop(self) -> None: ...
+
+
+def make_provider(settings: Settings, in_use: Callable[[], int]) -> BrowserProvider:
+    """The provider of ``settings.backend``."""
+    if settings.backend == "kubernetes":
+        from jiomosa.kube_backend import KubernetesProvider
+
+        return KubernetesProvider(settings, in_use)
+    return PooledProvider(settings, in_use)
 
 
 class PooledProvider:
@@ -56,8 +90,18 @@ class PooledProvider:
         self._stopping = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._refill_loop(), name="browser-pool")
-        self._refill_needed.set()
+        if self._settings.warm_browsers:
+            self._task = asyncio.create_task(self._refill_loop(), name="browser-pool")
+            self._refill_needed.set()
+
+    def lease_for(self, endpoint: BrowserEndpoint) -> BrowserLease:
+        return BrowserLease(endpoint)
+
+    async def find(self, name: str) -> tuple[BrowserLease, Viewport] | None:
+        return None
+
+    async def listed(self) -> list[dict[str, Any]]:
+        return []
 
     async def stop(self) -> None:
         self._stopping = True

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the streamer (REST, Socket.IO, web page)")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
     serve.add_argument("--port", type=int, default=5000, help="port to listen on")
+    commands.add_parser("operator", help="run the Kubernetes operator for BrowserSession "
+                        "resources (settings: JIOMOSA_OPERATOR_*, docs/operator.md)")
     args = parser.parse_args(argv)
 
     try:
@@ -25,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"jiomosa: bad configuration: {exc}", file=sys.stderr)
         return 2
-    if settings.store == "redis":
-        # Refuse rather than silently run with in-process state.
-        print("jiomosa: JIOMOSA_STORE=redis is not available in this version", file=sys.stderr)
-        return 2
     logs.setup(settings.log_format, settings.log_level)
+    if args.command == "operator":
+        from jiomosa_operator.main import main as operator_main
+
+        return operator_main()
     if args.command == "serve":
         from jiomosa.app import build_app
 

@@ -32,7 +32,8 @@ from jiomosa.appkeys import MANAGER, SETTINGS
 from jiomosa.browser.cdp import CDPError
 from jiomosa.browser.page import InputError
 from jiomosa.inputs import apply_input
-from jiomosa.sessions import Session, SessionError, SessionManager
+from jiomosa.manager import SessionManager
+from jiomosa.sessions import AnySession, SessionError
 from jiomosa.settings import Settings
 from jiomosa.streaming import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY, Frame, Subscriber
 from jiomosa.urlpolicy import UrlRejected
@@ -125,7 +126,7 @@ EventHandler = Callable[["PlainClient", Any], Awaitable[None]]
 class PlainClient:
     """One plain-WebSocket connection, bound to one session."""
 
-    def __init__(self, server: PlainStreams, ws: web.WebSocketResponse, session: Session,
+    def __init__(self, server: PlainStreams, ws: web.WebSocketResponse, session: AnySession,
                  transport: asyncio.Transport | None) -> None:
         self.id = "ws-" + secrets.token_hex(8)
         self.server = server
@@ -192,7 +193,7 @@ class PlainClient:
 
     async def subscribe(self, fps: int, quality: int | None) -> None:
         settings, session = self.server.settings, self.session
-        session.require_page()
+        session.ensure_ready()
         await self.drop()
         adaptive = quality is None
         start = settings.default_quality if quality is None else quality
@@ -316,8 +317,8 @@ class PlainStreams:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # Everything that can be refused is refused before the upgrade, as a JSON HTTP error.
-        session = self.manager.get(request.match_info["session_id"])
-        session.require_page()
+        session = await self.manager.lookup(request.match_info["session_id"])
+        session.ensure_ready()
         fps = _query_int(request, "fps", MIN_FPS, MAX_FPS)
         quality = _query_int(request, "quality", MIN_QUALITY, MAX_QUALITY)
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_body_bytes,
@@ -357,15 +358,15 @@ class PlainStreams:
                     await ws.close()
         return ws
 
-    async def _session_closed(self, session: Session, reason: str) -> None:
-        clients = [c for c in self.clients.values() if c.session is session]
+    async def _session_closed(self, session: AnySession, reason: str) -> None:
+        clients = [c for c in self.clients.values() if c.session.id == session.id]
         for client in clients:
             sub, client.sub = client.sub, None
             if sub is not None:
                 await sub.stop()
         await asyncio.gather(*(self._notify_closed(c, session, reason) for c in clients))
 
-    async def _notify_closed(self, client: PlainClient, session: Session, reason: str) -> None:
+    async def _notify_closed(self, client: PlainClient, session: AnySession, reason: str) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.send("session:closed", {
                 "session_id": session.id, "reason": reason}, reply=False), NOTIFY_TIMEOUT)

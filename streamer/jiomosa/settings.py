@@ -101,6 +101,15 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     """``JIOMOSA_REDIS_URL``: Redis for ``store=redis``."""
 
+    streamer_id: str = ""
+    """``JIOMOSA_STREAMER_ID``: this streamer's name in the fleet (leases, relay channels);
+    empty = host name plus a random suffix, new at every start."""
+
+    lease_ttl: float = 3.0
+    """``JIOMOSA_LEASE_TTL``: seconds a session's ownership lease lives without renewal (renewed
+    every second); after the owner dies another streamer takes the session within about this
+    long plus one second."""
+
     namespace: str = "default"
     """``JIOMOSA_NAMESPACE``: namespace of BrowserSession resources for ``backend=kubernetes``."""
 
@@ -155,6 +164,7 @@ class Settings:
              "JIOMOSA_FRAME_ENCODING must be binary or base64"),
             (self.log_format in ("json", "text"), "JIOMOSA_LOG_FORMAT must be json or text"),
             (self.max_body_bytes >= 1024, "JIOMOSA_MAX_BODY_BYTES must be >= 1024"),
+            (self.lease_ttl >= 1.5, "JIOMOSA_LEASE_TTL must be >= 1.5"),
         ]
         for ok, message in checks:
             if not ok:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,8 +17,8 @@ from aiohttp import web
 from jiomosa import validation as v
 from jiomosa.browser.cdp import CDPError
 from jiomosa.browser.page import InputError
-from jiomosa.inputs import apply_input
-from jiomosa.sessions import Session, SessionError, SessionManager
+from jiomosa.manager import SessionManager
+from jiomosa.sessions import AnySession, SessionError
 from jiomosa.settings import Settings
 from jiomosa.streaming import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY, Frame, Subscriber
 from jiomosa.urlpolicy import UrlRejected
@@ -143,23 +144,23 @@ class StreamServer:
         sub = self._subscriptions.pop(sid, None)
         if sub is not None:
             await sub.hub.remove(sub.id)
-            session = self.manager.sessions.get(sub.hub.session_id)
-            if session is not None:
-                session.touch()  # idle time counts from the last subscriber leaving
+            with contextlib.suppress(SessionError):
+                # Idle time counts from the last subscriber leaving.
+                (await self.manager.lookup(sub.hub.session_id)).touch()
         return sub
 
-    def subscription(self, sid: str) -> tuple[Subscriber, Session]:
+    async def subscription(self, sid: str) -> tuple[Subscriber, AnySession]:
         sub = self._subscriptions.get(sid)
         if sub is None:
             raise SessionError("not subscribed to a session")
-        return sub, self.manager.get(sub.hub.session_id)
+        return sub, await self.manager.lookup(sub.hub.session_id)
 
     # --------------------------------------------------------------- events
     async def _subscribe(self, sid: str, data: Any) -> None:
         payload = v.as_object(data)
         session_id = v.string(payload, "session_id", 128)
-        session = self.manager.get(session_id)
-        session.require_page()
+        session = await self.manager.lookup(session_id)
+        session.ensure_ready()
         encoding = payload.get("encoding", self._encodings.get(sid, "binary"))
         if encoding not in ("binary", "base64"):
             raise v.BadRequest("encoding must be binary or base64")
@@ -195,7 +196,7 @@ class StreamServer:
         await self.sio.emit("unsubscribed", {"message": message}, to=sid)
 
     async def _quality_set(self, sid: str, data: Any) -> None:
-        sub, session = self.subscription(sid)
+        sub, session = await self.subscription(sid)
         quality = v.integer(v.as_object(data), "quality", MIN_QUALITY, MAX_QUALITY)
         sub.set_quality(quality)
         sub.adaptive = False
@@ -206,13 +207,13 @@ class StreamServer:
                                                 "adaptive_mode": False}, to=sid)
 
     async def _fps_set(self, sid: str, data: Any) -> None:
-        sub, _ = self.subscription(sid)
+        sub, _ = await self.subscription(sid)
         sub.set_fps(v.integer(v.as_object(data), "fps", MIN_FPS, MAX_FPS))
         sub.adaptive = False
         await self.sio.emit("fps:updated", {"fps": sub.fps, "adaptive_mode": False}, to=sid)
 
     async def _adaptive_toggle(self, sid: str, data: Any) -> None:
-        sub, _ = self.subscription(sid)
+        sub, _ = await self.subscription(sid)
         sub.adaptive = v.boolean(v.as_object(data), "enabled")
         await self.sio.emit("adaptive:updated", {"enabled": sub.adaptive,
                                                  "adaptive_mode": sub.adaptive}, to=sid)
@@ -221,9 +222,9 @@ class StreamServer:
         await self.sio.emit("quality:updated", {"quality": sub.quality, "adaptive_mode": True,
                                                 "reason": reason}, to=sub.id)
 
-    async def _session_closed(self, session: Session, reason: str) -> None:
+    async def _session_closed(self, session: AnySession, reason: str) -> None:
         for sid, sub in list(self._subscriptions.items()):
-            if sub.hub is session.hub:
+            if sub.hub.session_id == session.id:
                 self._subscriptions.pop(sid, None)
                 await sub.stop()
                 await self.sio.emit("session:closed", {"session_id": session.id,
@@ -238,8 +239,8 @@ class StreamServer:
 
 def _input(kind: str) -> Handler:
     async def handle(server: StreamServer, sid: str, data: Any) -> None:
-        _, session = server.subscription(sid)
-        ack = await apply_input(session, kind, data, server.settings)
+        _, session = await server.subscription(sid)
+        ack = await session.input(kind, data)
         await server.sio.emit("input:acknowledged", ack, to=sid)
     handle.__name__ = f"input_{kind}"
     return handle

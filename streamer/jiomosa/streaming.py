@@ -91,8 +91,9 @@ class Transport(Protocol):
 class FrameHub:
     """The latest frame of one session and the clients that want it."""
 
-    def __init__(self, session_id: str, source_quality: int) -> None:
+    def __init__(self, session_id: str, source_quality: int, first_seq: int = 1) -> None:
         self.session_id = session_id
+        self._first_seq = first_seq
         self.source_quality = source_quality
         self.latest: Frame | None = None
         self.subscribers: dict[str, Subscriber] = {}
@@ -106,21 +107,25 @@ class FrameHub:
             width, height = jpeg_size(jpeg)
         except ValueError:
             return None
-        seq = self.latest.seq + 1 if self.latest else 1
+        seq = self.latest.seq + 1 if self.latest else self._first_seq
         frame = Frame(seq, jpeg, width, height, quality or self.source_quality, time.time())
+        self.frames_captured += 1
+        metrics.FRAMES_CAPTURED.inc()
+        self.publish_frame(frame)
+        return frame
+
+    def publish_frame(self, frame: Frame) -> None:
+        """Make ``frame`` the latest (also for frames relayed from another streamer)."""
         previous, self.latest = self.latest, frame
         if previous is not None:
             for sub in self.subscribers.values():
                 sub.note_replaced(previous)
         self._variants.clear()
-        self.frames_captured += 1
-        metrics.FRAMES_CAPTURED.inc()
         for sub in self.subscribers.values():
             sub.wake()
         # Long-pollers wait on the event; swap it so that each wakes exactly once.
         event, self._new_frame = self._new_frame, asyncio.Event()
         event.set()
-        return frame
 
     async def wait_newer(self, after_seq: int, timeout: float) -> Frame | None:
         """The latest frame once its seq is above ``after_seq`` (None after ``timeout``)."""

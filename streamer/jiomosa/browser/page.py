@@ -43,6 +43,12 @@ class Viewport:
     def frame_height(self) -> int:
         return max(1, round(self.height * self.device_scale_factor))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Viewport:
+        return cls(int(data.get("width", 1280)), int(data.get("height", 720)),
+                   float(data.get("deviceScaleFactor", 1.0)), bool(data.get("mobile", False)),
+                   str(data.get("userAgent", "")))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "width": self.width,
