@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 0.0.0.0
 PORT ?= 5000
-APT_PACKAGES := chromium chromium-driver redis-server fonts-dejavu-core curl
+APT_PACKAGES := chromium chromium-driver redis-server redis-tools fonts-dejavu-core curl openssl
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps venv run test lint typecheck unit bench clean
@@ -33,10 +33,10 @@ run: setup
 	$(VENV)/bin/jiomosa serve --host $(HOST) --port $(PORT)
 
 lint: venv
-	$(VENV)/bin/ruff check streamer operator tests bench
+	$(VENV)/bin/ruff check streamer operator tests bench tools
 	$(VENV)/bin/mypy
 
-test: setup lint
+test: setup lint controlplane
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
