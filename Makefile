@@ -9,7 +9,7 @@ PORT ?= 5000
 APT_PACKAGES := chromium chromium-driver redis-server redis-tools fonts-dejavu-core curl openssl
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv run test lint typecheck unit bench clean
+.PHONY: setup system-deps venv run test lint bench bench-fleet clean
 
 setup: system-deps venv
 
@@ -41,6 +41,9 @@ test: setup lint controlplane
 
 bench: setup
 	$(PY) bench/run.py
+
+bench-fleet: setup
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -262,6 +263,76 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- fleet parts
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """A throw-away redis-server on loopback that can be restarted on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.cli("PING") == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(["redis-cli", "-p", str(self.port), *args],
+                                capture_output=True, text=True, timeout=5)
+        return result.stdout.strip()
+
+    def calls(self, command: str) -> int:
+        """How often ``command`` ran since start (INFO commandstats)."""
+        for line in self.cli("INFO", "commandstats").splitlines():
+            if line.startswith(f"cmdstat_{command}:"):
+                return int(line.split("calls=", 1)[1].split(",", 1)[0])
+        return 0
+
+
+class Grid:
+    """A standalone chromedriver: a WebDriver endpoint whose browsers outlive streamers."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(["/usr/bin/chromedriver", f"--port={self.port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/status", timeout=1) as r:
+                    if json.load(r)["value"]["ready"]:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("chromedriver did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 # --------------------------------------------------------------------------- clients

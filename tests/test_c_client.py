@@ -83,9 +83,9 @@ async def test_creates_streams_saves_and_clicks(
 
 def test_peak_rss_while_streaming_full_frames(
         client: Path, streamer: StreamerProcess, pages: PageServer, tmp_path: Path) -> None:
-    """1280x720 frames of random noise (~0.6 MB each, the worst case) for 100 frames."""
+    """1280x720 frames of random noise (~0.6 MB each, the worst case) for 60 frames."""
     proc = subprocess.Popen(
-        [str(client), "-s", streamer.base, "-o", str(tmp_path), "-l", "-n", "100", "-t", "60",
+        [str(client), "-s", streamer.base, "-o", str(tmp_path), "-l", "-n", "60", "-t", "60",
          pages.url("/noise")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampled = 0  # VmHWM seen from outside while it streams
     while proc.poll() is None:
@@ -99,7 +99,7 @@ def test_peak_rss_while_streaming_full_frames(
     stdout, stderr = proc.communicate()
     assert proc.returncode == 0, stdout[-500:] + stderr
     frames = frame_lines(stdout)
-    assert len(frames) == 100 and all(f["width"] == 1280 for f in frames)
+    assert len(frames) == 60 and all(f["width"] == 1280 for f in frames)
     biggest = max(f["bytes"] for f in frames)
     assert biggest > 300_000, "the noise page should give large frames"
     reported = peak_rss(stdout)
