@@ -104,15 +104,15 @@ async def test_preferred_path_costs_redis_nothing_per_frame(
         frames = len(on_a.events["frame"])
         await asyncio.sleep(3.0)
         direct_frames = len(on_a.events["frame"]) - frames
-        assert direct_frames > 30
+        assert direct_frames > 10
         assert redis_server.calls("publish") - publishes == 0
         # A client on another replica turns the relay on.
         async with SioProbe(b.base) as on_b:
             await on_b.subscribe(sid)
             await asyncio.sleep(2.0)
             relayed = redis_server.calls("publish") - publishes
-            assert relayed > 20
-            assert len(on_b.events["frame"]) > 20
+            assert relayed > 5
+            assert len(on_b.events["frame"]) > 5
         # ... and off again once it leaves.
         await asyncio.sleep(2.5)
         publishes = redis_server.calls("publish")
