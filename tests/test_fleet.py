@@ -65,6 +65,10 @@ async def test_any_replica_serves_any_session(apis: list[Api], pages: PageServer
         assert status == 200
     status, data = await b.call("POST", "/api/session/create", {"session_id": sid})
     assert status == 400 and data["error"] == "Session already exists"
+    # HTTP polling on a replica that does not own the session gets the owner's picture.
+    async with c.http.get(f"{c.base}/api/session/{sid}/frame") as r:
+        assert r.status == 200 and (await r.read())[:2] == b"\xff\xd8"
+        seq = int(r.headers["X-Frame-Seq"])
     # Subscribe on B and C, click on C: frames and input work.
     async with SioProbe(b.base, f"session_id={sid}") as on_b, \
             SioProbe(c.base, f"session_id={sid}") as on_c:
@@ -74,6 +78,9 @@ async def test_any_replica_serves_any_session(apis: list[Api], pages: PageServer
         ack = await on_c.wait_for("input:acknowledged")
         assert ack["type"] == "click"
         await b.wait_title(sid, lambda t: t == "count:1")
+        async with c.http.get(f"{c.base}/api/session/{sid}/frame",
+                              params={"after": str(seq), "timeout": "10"}) as r:
+            assert r.status == 200 and int(r.headers["X-Frame-Seq"]) > seq
         # The change reaches the mirror on B as a new frame.
         start = len(on_b.events["frame"])
         await on_b.wait_for("frame", start=start)

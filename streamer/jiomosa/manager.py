@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 FAILED_RETENTION = 60.0  # seconds a failed session stays visible before it is forgotten
 TICK = 1.0  # seconds between lease renewals, reaping and adoption sweeps
+MIRROR_LINGER = 5.0  # seconds a mirror without subscribers stays for HTTP pollers
 SEQ_GAP = 1000  # frame numbers skipped at adoption (> frames in a TICK at 60 fps)
 
 
@@ -538,7 +539,7 @@ class SessionManager:
             session.relay_active = counts.get(session.id, 0) > 0
         # 4. Mirrors: keep watched ones alive at the owner, drop unwatched ones.
         for session_id, hub in list(self.mirrors.items()):
-            if hub.subscribers:
+            if hub.subscribers or time.monotonic() - hub.last_used < MIRROR_LINGER:
                 self._remote_activity[session_id] = time.time()
             elif not hub.closed:
                 await self._drop_mirror(session_id)

@@ -101,6 +101,8 @@ class FrameHub:
         self._new_frame = asyncio.Event()
         self.frames_captured = 0
         self.closed = False
+        self.last_used = time.monotonic()
+        """When a client last read from the hub (long-polls and snapshots count)."""
 
     def publish(self, jpeg: bytes, quality: int | None = None) -> Frame | None:
         try:
@@ -131,6 +133,7 @@ class FrameHub:
         """The latest frame once its seq is above ``after_seq`` (None after ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
+            self.last_used = time.monotonic()
             frame = self.latest
             if frame is not None and frame.seq > after_seq:
                 return frame
