@@ -74,16 +74,16 @@ async def test_any_replica_serves_any_session(apis: list[Api], pages: PageServer
             SioProbe(c.base, f"session_id={sid}") as on_c:
         await on_b.subscribe(sid)
         await on_c.subscribe(sid)
+        start = len(on_b.events["frame"])
         await on_c.emit("input:click", {"x": 200, "y": 150})
         ack = await on_c.wait_for("input:acknowledged")
         assert ack["type"] == "click"
         await b.wait_title(sid, lambda t: t == "count:1")
+        # The change reaches the mirror on B as a new frame.
+        await on_b.wait_for("frame", start=start)
         async with c.http.get(f"{c.base}/api/session/{sid}/frame",
                               params={"after": str(seq), "timeout": "10"}) as r:
             assert r.status == 200 and int(r.headers["X-Frame-Seq"]) > seq
-        # The change reaches the mirror on B as a new frame.
-        start = len(on_b.events["frame"])
-        await on_b.wait_for("frame", start=start)
     status, data = await c.call("POST", f"/api/session/{sid}/input/key", {"key": "F99"})
     assert status == 400  # checked where it arrived, never relayed
     status, data = await b.call("POST", f"/api/session/{sid}/load", {"url": pages.url("/static")})

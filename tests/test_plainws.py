@@ -334,10 +334,11 @@ async def test_slow_reader_skips_frames_without_slowing_others(
 async def test_click_changes_the_streamed_picture(api: Api, pages: PageServer) -> None:
     sid = (await api.create(url=pages.url("/color")))["session_id"]
     async with WsProbe(api.http, api.base, sid) as probe:
-        await probe.wait_frame(lambda f: pixel(f["jpeg"], 10, 10)[0] < 30)
+        black = await probe.wait_frame(lambda f: pixel(f["jpeg"], 10, 10)[0] < 30)
         await probe.send("input:click", {"x": 10, "y": 10})
-        white = await probe.wait_frame(lambda f: pixel(f["jpeg"], 10, 10)[0] > 220)
-        assert white["seq"] > probe.frames[0]["seq"]
+        white = await probe.wait_frame(lambda f: pixel(f["jpeg"], 10, 10)[0] > 220,
+                                       start=probe.frames.index(black) + 1)
+        assert white["seq"] > black["seq"]
     await api.close(sid)
 
 

@@ -310,9 +310,10 @@ class SessionManager:
         session.state = "closed"
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
+        # Out of the registry first: nobody may adopt a session whose browser is quitting.
+        await self._forget(session.id)
         await session.hub.close()
         await self._release(session, quit_browser=True)
-        await self._forget(session.id)
         session.ended.set()
         self.provider.request_refill()
 
@@ -518,7 +519,8 @@ class SessionManager:
     async def _fleet_tick(self) -> None:
         store = self.redis_store
         assert store is not None and self.bus is not None
-        mine = [s for s in self.sessions.values() if s.state == "ready"]
+        # Starting sessions too: a slow browser start must not let the lease lapse.
+        mine = [s for s in self.sessions.values() if s.state in ("starting", "ready")]
         # 1. Renew leases (re-registering what a restarted Redis lost).
         lost = await store.renew([s.record(self.streamer_id) for s in mine],
                                  self.streamer_id, self.settings.lease_ttl)

@@ -88,7 +88,8 @@ def chrome_options(
         options.binary_location = binary
     for arg in (*CHROME_ARGS, f"--window-size={width},{height}", *extra):
         options.add_argument(arg)
-    options.page_load_strategy = "none"  # navigation is driven over CDP
+    # The default page-load strategy makes New Session wait until chromedriver's own first
+    # navigation (to data:,) is done; with "none" it could land after ours and replace it.
     options.set_capability("webSocketUrl", False)
     return options
 
