@@ -34,6 +34,7 @@ from jiomosa.settings import Settings
 log = logging.getLogger(__name__)
 
 ACTIVITY_INTERVAL = 15.0  # seconds between activity reports of one session
+ABSENT_TTL = 5.0  # seconds a name found missing is not asked about again (polling clients)
 POLL = 0.25  # seconds between looks at a starting BrowserSession
 REAP_MARGIN = 60  # the operator reaps a streamer's session this long after the streamer would
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -109,6 +110,7 @@ class KubernetesProvider:
         self._namespace = settings.namespace
         self._api = api
         self._api_lock = asyncio.Lock()
+        self._absent: dict[str, float] = {}
 
     # ------------------------------------------------------------------ provider interface
     warm = 0  # no pool: the cluster starts a pod per session
@@ -177,9 +179,15 @@ class KubernetesProvider:
         once Ready; None if there is none or it has ended."""
         if not NAME_RE.match(name):
             return None
+        now = time.monotonic()
+        if self._absent.get(name, 0.0) > now:
+            return None
         api = await self.api()
         resource = await api.get(session_path(self._namespace, name))
         if resource is None or _phase(resource) in ENDED:
+            if len(self._absent) > 10000:
+                self._absent = {k: v for k, v in self._absent.items() if v > now}
+            self._absent[name] = now + ABSENT_TTL
             return None
         if _phase(resource) != model.READY:
             try:

@@ -268,6 +268,7 @@ class SessionManager:
 
     async def _wire(self, session: Session, page: BrowserPage) -> None:
         session.page = page
+        page.log = session.log
         page.set_frame_callback(lambda jpeg, _meta: self._on_frame(session, jpeg))
         page.on_gone(lambda reason: self._on_page_gone(session, reason))
         session.state = "ready"

@@ -120,11 +120,16 @@ class MemoryStore:
             record.last_activity = when
 
     async def renew(self, records: list[SessionRecord], owner: str, ttl: float) -> list[str]:
-        until = time.monotonic() + ttl
+        now = time.monotonic()
+        lost = []
         for record in records:
+            holder = self._leases.get(record.session_id)
+            if holder is not None and holder[0] != owner and holder[1] > now:
+                lost.append(record.session_id)
+                continue
             self._records[record.session_id] = record
-            self._leases[record.session_id] = (owner, until)
-        return []
+            self._leases[record.session_id] = (owner, now + ttl)
+        return lost
 
     async def try_acquire(self, session_id: str, owner: str, ttl: float) -> bool:
         holder = self._leases.get(session_id)

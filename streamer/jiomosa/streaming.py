@@ -209,6 +209,7 @@ class Subscriber:
         self.encoding = encoding
         self.manual_quality: int | None = None
         self._on_quality_change = on_quality_change
+        self.log = logging.LoggerAdapter(log, {"session_id": hub.session_id, "client": sub_id})
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent_seq = 0
@@ -291,7 +292,7 @@ class Subscriber:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.info("frame send to %s failed; stopping its stream", self.id, exc_info=True)
+                self.log.info("frame send failed; stopping this client's stream", exc_info=True)
                 return
             self._tat = max(self._tat, emit_at) + interval
             self.sent_seq = frame.seq
@@ -327,7 +328,7 @@ class Subscriber:
                 # Stalled: the client takes nothing at all. Lower quality while it lasts.
                 self._congestion(now, stalled=True)
                 if now - started > DRAIN_GIVE_UP:
-                    log.info("client %s took no frame for %.0fs", self.id, now - started)
+                    self.log.info("client took no frame for %.0fs", now - started)
                     return
         finally:
             drain.cancel()

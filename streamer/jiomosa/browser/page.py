@@ -125,6 +125,8 @@ class BrowserPage:
         self._host_verdicts: dict[str, tuple[bool, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.gone_reason: str | None = None
+        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(log, {})
+        """Where this page logs; owners add context (e.g. the session id)."""
         self.last_frame_meta: dict[str, Any] = {}
         self.last_frame_size: tuple[int, int] = (viewport.frame_width, viewport.frame_height)
         self.blocked_requests = 0
@@ -302,7 +304,7 @@ class BrowserPage:
                 try:
                     await asyncio.wait_for(asyncio.shield(waiter), timeout)
                 except TimeoutError:
-                    log.info("load event did not come within %.0fs", timeout)
+                    self.log.info("load event did not come within %.0fs", timeout)
                 else:
                     # Answer once the loaded page is on screen, so that the client's next
                     # frame shows it (not the page before).
@@ -412,7 +414,7 @@ class BrowserPage:
                 await self._conn.send("Fetch.continueRequest", {"requestId": request_id})
             else:
                 self.blocked_requests += 1
-                log.info("blocked request to %s", _redact(url))
+                self.log.info("blocked request to %s", _redact(url))
                 await self._conn.send(
                     "Fetch.failRequest", {"requestId": request_id, "errorReason": "BlockedByClient"}
                 )
@@ -485,7 +487,7 @@ class BrowserPage:
             try:
                 callback(reason)
             except Exception:
-                log.exception("page gone callback failed")
+                self.log.exception("page gone callback failed")
 
 
 def _redact(url: str) -> str:
