@@ -10,10 +10,11 @@ import time
 from typing import Any
 
 from helpers import Api, PageServer, pixel
+from multidict import CIMultiDict
 
 
 async def poll(api: Api, sid: str, after: int, timeout: float = 10.0,
-               **params: Any) -> tuple[int, int, bytes, dict[str, str], float]:
+               **params: Any) -> tuple[int, int, bytes, CIMultiDict[str], float]:
     """One long-poll: (status, seq, body, headers, seconds it took)."""
     t0 = time.monotonic()
     query = {"after": str(after), "timeout": str(timeout), **{k: str(v) for k, v in
@@ -21,7 +22,7 @@ async def poll(api: Api, sid: str, after: int, timeout: float = 10.0,
     async with api.http.get(f"{api.base}/api/session/{sid}/frame", params=query) as r:
         body = await r.read()
         seq = int(r.headers.get("X-Frame-Seq", after))
-        return r.status, seq, body, dict(r.headers), time.monotonic() - t0
+        return r.status, seq, body, CIMultiDict(r.headers), time.monotonic() - t0
 
 
 async def settled(api: Api, sid: str, seq: int = 0) -> int:
