@@ -358,6 +358,12 @@
         }
       });
       socket.on('session:closed', function (d) {
+        if (d && d.reason === 'moved') {  // a fleet handed the session over: follow it
+          t.subscribed = false;
+          banner('Reconnecting\u2026');
+          setTimeout(subscribe, 300);
+          return;
+        }
         sessionEnded('Session closed: ' + ((d && d.reason) || 'ended') + '.');
       });
       statsTimer = setInterval(updateStats, 1000);
