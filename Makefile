@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 0.0.0.0
 PORT ?= 5000
-APT_PACKAGES := chromium chromium-driver redis-server redis-tools fonts-dejavu-core curl openssl
+APT_PACKAGES := chromium chromium-driver redis-server redis-tools fonts-dejavu-core curl openssl \
+	gcc libc6-dev make
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps venv run test lint bench bench-fleet clean

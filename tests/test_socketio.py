@@ -245,3 +245,9 @@ async def test_slow_client_skips_frames_without_slowing_others(
     assert stalled[0]["quality"] < 80, "adaptive quality did not react to the stalled client"
     assert rate >= 5, f"healthy client got only {rate:.1f} fps next to a stalled one"
     await api.close(sid)
+
+
+async def test_ping_ack_gives_round_trip(api: Api) -> None:
+    async with SioProbe(api.base) as probe:
+        answer = await probe.client.call("ping", 42, timeout=5)
+        assert answer["echo"] == 42 and answer["server_time"] > 1e9

@@ -121,6 +121,8 @@ async def info(request: web.Request) -> web.Response:
             "list_sessions": "GET /api/sessions",
             "input": "POST /api/session/{id}/input/{click|scroll|key|text}",
             "frame": "GET /api/session/{id}/frame",
+            "stream": "GET /api/session/{id}/stream (plain WebSocket)",
+            "web_app": "GET /",
             "metrics": "GET /metrics",
             "openapi": "GET /api/openapi.json",
             "socketio": "/socket.io/",

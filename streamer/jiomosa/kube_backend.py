@@ -54,6 +54,29 @@ def _epoch(value: Any) -> float:
         return 0.0
 
 
+def session_manifest(settings: Settings, width: int, height: int, scale: float,
+                     now: float) -> dict[str, Any]:
+    """The BrowserSession a streamer asks for."""
+    return {
+        "apiVersion": model.API_VERSION,
+        "kind": model.KIND,
+        "metadata": {
+            "generateName": "jiomosa-",
+            "labels": {model.LABEL_CREATED_BY: model.CREATED_BY_STREAMER},
+            "annotations": {model.ANNOTATION_ACTIVITY: _rfc3339(now)},
+        },
+        "spec": {
+            "url": "about:blank",
+            "viewport": {"width": width, "height": height, "deviceScaleFactor": scale,
+                         "mobile": False},
+            # The streamer reaps first; these catch the sessions of a streamer that died.
+            "idleTimeoutSeconds": math.ceil(settings.idle_timeout) + REAP_MARGIN,
+            "maxDurationSeconds": (math.ceil(settings.max_duration) + REAP_MARGIN
+                                   if settings.max_duration else 0),
+        },
+    }
+
+
 def endpoint_of(resource: dict[str, Any]) -> BrowserEndpoint:
     endpoints = (resource.get("status") or {}).get("endpoints") or {}
     return BrowserEndpoint(
@@ -135,24 +158,7 @@ class KubernetesProvider:
     async def acquire(self, width: int, height: int, scale: float = 1.0) -> BrowserLease:
         """Create a BrowserSession and wait until its browser is Ready."""
         s = self._settings
-        body = {
-            "apiVersion": model.API_VERSION,
-            "kind": model.KIND,
-            "metadata": {
-                "generateName": "jiomosa-",
-                "labels": {model.LABEL_CREATED_BY: model.CREATED_BY_STREAMER},
-                "annotations": {model.ANNOTATION_ACTIVITY: _rfc3339(time.time())},
-            },
-            "spec": {
-                "url": "about:blank",
-                "viewport": {"width": width, "height": height, "deviceScaleFactor": scale,
-                             "mobile": False},
-                # The streamer reaps first; these catch sessions of a streamer that died.
-                "idleTimeoutSeconds": math.ceil(s.idle_timeout) + REAP_MARGIN,
-                "maxDurationSeconds": (math.ceil(s.max_duration) + REAP_MARGIN
-                                       if s.max_duration else 0),
-            },
-        }
+        body = session_manifest(s, width, height, scale, time.time())
         api = await self.api()
         try:
             created = await api.create(session_path(self._namespace), body)

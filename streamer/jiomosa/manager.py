@@ -161,6 +161,9 @@ class SessionManager:
         if session_id in self.sessions:  # found meanwhile by a concurrent lookup
             return self.sessions[session_id]
         lease, viewport = found
+        if any(s.lease is not None and s.lease.endpoint.cdp_url == lease.endpoint.cdp_url
+               for s in self.sessions.values()):
+            return None  # a browser this streamer already serves under another id
         if self.live_count() >= self.settings.max_sessions:
             raise SessionError("Too many sessions: the server is at capacity", 503,
                                max_sessions=self.settings.max_sessions)

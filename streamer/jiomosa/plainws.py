@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from jiomosa import control
 from jiomosa import validation as v
 from jiomosa.api import error as http_error
 from jiomosa.appkeys import MANAGER, SETTINGS
@@ -191,27 +192,17 @@ class PlainClient:
             raise SessionError("not subscribed (send subscribe first)")
         return self.sub
 
-    async def subscribe(self, fps: int, quality: int | None) -> None:
-        settings, session = self.server.settings, self.session
-        session.ensure_ready()
+    async def subscribe(self, options: control.StreamOptions) -> None:
+        session = self.session
         await self.drop()
-        adaptive = quality is None
-        start = settings.default_quality if quality is None else quality
-        sub = Subscriber(self.id, session.hub, self.transport, fps,
-                         min(start, session.hub.source_quality), adaptive, "binary",
-                         self._quality_changed)
-        if quality is not None:
-            sub.set_quality(quality)
-            await session.set_source_quality(max(quality, settings.default_quality))
-        session.touch()
+        sub = await control.start_subscriber(self.id, session, self.transport, options,
+                                             self.server.settings, self._quality_changed)
         await self.send("subscribe:response", {
-            "session_id": session.id, "fps": sub.fps, "quality": sub.quality,
-            "adaptive_mode": sub.adaptive, "encoding": "binary",
+            **control.subscribe_response(session, sub),
             "frame_header": {"magic": FRAME_MAGIC.decode(), "version": FRAME_VERSION,
                              "size": FRAME_HEADER.size},
         })
-        await self.send("subscribed", {"session_id": session.id,
-                                       "message": f"Subscribed to session {session.id}"})
+        await self.send("subscribed", control.subscribed(session))
         self.sub = sub
         session.hub.add(sub)  # the current picture goes out at once
 
@@ -225,8 +216,7 @@ class PlainClient:
 
     async def _quality_changed(self, sub: Subscriber, reason: str) -> None:
         if sub is self.sub:
-            await self.send("quality:updated", {"quality": sub.quality, "adaptive_mode": True,
-                                                "reason": reason}, reply=False)
+            await self.send("quality:updated", control.adaptive_change(sub, reason), reply=False)
 
 
 # ------------------------------------------------------------------- events
@@ -236,12 +226,9 @@ async def _subscribe(client: PlainClient, data: Any) -> None:
     if wanted is not None and wanted != client.session.id:
         raise v.BadRequest("this connection streams the session in its path; open "
                            f"{PATH.replace('{session_id}', '<id>')} for another one")
-    fps = client.server.settings.default_fps
-    if "fps" in payload:
-        fps = v.integer(payload, "fps", MIN_FPS, MAX_FPS)
-    quality = v.integer(payload, "quality", MIN_QUALITY, MAX_QUALITY) if (
-        "quality" in payload) else None
-    await client.subscribe(fps, quality)
+    if payload.get("encoding", "binary") != "binary":
+        raise v.BadRequest("the plain WebSocket sends binary JPEG frames only")
+    await client.subscribe(control.stream_options(payload, client.server.settings))
 
 
 async def _unsubscribe(client: PlainClient, _data: Any) -> None:
@@ -258,28 +245,17 @@ def _input(kind: str) -> EventHandler:
 
 
 async def _quality_set(client: PlainClient, data: Any) -> None:
-    sub, session = client.subscription(), client.session
-    quality = v.integer(v.as_object(data), "quality", MIN_QUALITY, MAX_QUALITY)
-    sub.set_quality(quality)
-    sub.adaptive = False
-    await session.set_source_quality(max(
-        [client.server.settings.default_quality]
-        + [s.manual_quality for s in session.hub.subscribers.values() if s.manual_quality]))
-    await client.send("quality:updated", {"quality": sub.quality, "adaptive_mode": False})
+    answer = await control.set_quality(client.subscription(), client.session, data,
+                                       client.server.settings)
+    await client.send("quality:updated", answer)
 
 
 async def _fps_set(client: PlainClient, data: Any) -> None:
-    sub = client.subscription()
-    sub.set_fps(v.integer(v.as_object(data), "fps", MIN_FPS, MAX_FPS))
-    sub.adaptive = False
-    await client.send("fps:updated", {"fps": sub.fps, "adaptive_mode": False})
+    await client.send("fps:updated", control.set_fps(client.subscription(), data))
 
 
 async def _adaptive_toggle(client: PlainClient, data: Any) -> None:
-    sub = client.subscription()
-    sub.adaptive = v.boolean(v.as_object(data), "enabled")
-    await client.send("adaptive:updated", {"enabled": sub.adaptive,
-                                           "adaptive_mode": sub.adaptive})
+    await client.send("adaptive:updated", control.toggle_adaptive(client.subscription(), data))
 
 
 async def _ping(client: PlainClient, data: Any) -> None:
@@ -319,8 +295,9 @@ class PlainStreams:
         # Everything that can be refused is refused before the upgrade, as a JSON HTTP error.
         session = await self.manager.lookup(request.match_info["session_id"])
         session.ensure_ready()
-        fps = _query_int(request, "fps", MIN_FPS, MAX_FPS)
-        quality = _query_int(request, "quality", MIN_QUALITY, MAX_QUALITY)
+        options = control.StreamOptions(
+            _query_int(request, "fps", MIN_FPS, MAX_FPS) or self.settings.default_fps,
+            _query_int(request, "quality", MIN_QUALITY, MAX_QUALITY))
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_body_bytes,
                                    heartbeat=HEARTBEAT, compress=False, timeout=CLOSE_TIMEOUT)
         if not ws.can_prepare(request).ok:
@@ -333,7 +310,7 @@ class PlainStreams:
         try:
             await client.send("status", {"message": "Connected to Jiomosa",
                                          "type": "connection", "sid": client.id})
-            await client.subscribe(fps or self.settings.default_fps, quality)
+            await client.subscribe(options)
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
                     await client.on_text(message.data)

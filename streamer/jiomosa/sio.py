@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -14,13 +15,14 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import web
 
+from jiomosa import control
 from jiomosa import validation as v
 from jiomosa.browser.cdp import CDPError
 from jiomosa.browser.page import InputError
 from jiomosa.manager import SessionManager
 from jiomosa.sessions import AnySession, SessionError
 from jiomosa.settings import Settings
-from jiomosa.streaming import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY, Frame, Subscriber
+from jiomosa.streaming import Frame, Subscriber
 from jiomosa.urlpolicy import UrlRejected
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ class StreamServer:
             "fps:set": StreamServer._fps_set,
             "adaptive:toggle": StreamServer._adaptive_toggle,
         }
+        # ping answers through the Socket.IO ack, so a viewer can show its round trip.
+        self.sio.on("ping", self._ping)
         for event, handler in events.items():
             self.sio.on(event, self._guarded(event, handler))
 
@@ -158,37 +162,21 @@ class StreamServer:
     # --------------------------------------------------------------- events
     async def _subscribe(self, sid: str, data: Any) -> None:
         payload = v.as_object(data)
-        session_id = v.string(payload, "session_id", 128)
-        session = await self.manager.lookup(session_id)
-        session.ensure_ready()
-        encoding = payload.get("encoding", self._encodings.get(sid, "binary"))
-        if encoding not in ("binary", "base64"):
-            raise v.BadRequest("encoding must be binary or base64")
+        session = await self.manager.lookup(v.string(payload, "session_id", 128))
+        options = control.stream_options(payload, self.settings,
+                                          self._encodings.get(sid, "binary"))
         await self._drop(sid)
-        fps = self.settings.default_fps
-        if "fps" in payload:
-            fps = v.integer(payload, "fps", MIN_FPS, MAX_FPS)
-        quality = self.settings.default_quality
-        adaptive = True
-        if "quality" in payload:
-            quality = v.integer(payload, "quality", MIN_QUALITY, MAX_QUALITY)
-            adaptive = False
-        sub = Subscriber(sid, session.hub, SocketIOTransport(self.sio, sid), fps,
-                         min(quality, session.hub.source_quality), adaptive, str(encoding),
-                         self._quality_changed)
-        if not adaptive:
-            sub.set_quality(quality)
-            await session.set_source_quality(max(quality, self.settings.default_quality))
-        session.touch()
-        await self.sio.emit("subscribe:response", {
-            "session_id": session.id, "fps": sub.fps, "quality": sub.quality,
-            "adaptive_mode": sub.adaptive, "encoding": sub.encoding,
-        }, to=sid)
-        await self.sio.emit("subscribed", {"session_id": session.id,
-                                           "message": f"Subscribed to session {session.id}"},
+        sub = await control.start_subscriber(sid, session, SocketIOTransport(self.sio, sid),
+                                             options, self.settings, self._quality_changed)
+        await self.sio.emit("subscribe:response", control.subscribe_response(session, sub),
                             to=sid)
+        await self.sio.emit("subscribed", control.subscribed(session), to=sid)
         self._subscriptions[sid] = sub
         session.hub.add(sub)  # sends the current picture at once
+
+    async def _ping(self, _sid: str, data: Any = None) -> dict[str, Any]:
+        return {"echo": data if isinstance(data, int | float | str) else None,
+                "server_time": time.time()}
 
     async def _unsubscribe(self, sid: str, _data: Any) -> None:
         sub = await self._drop(sid)
@@ -197,30 +185,19 @@ class StreamServer:
 
     async def _quality_set(self, sid: str, data: Any) -> None:
         sub, session = await self.subscription(sid)
-        quality = v.integer(v.as_object(data), "quality", MIN_QUALITY, MAX_QUALITY)
-        sub.set_quality(quality)
-        sub.adaptive = False
-        await session.set_source_quality(max(
-            [self.settings.default_quality]
-            + [s.manual_quality for s in session.hub.subscribers.values() if s.manual_quality]))
-        await self.sio.emit("quality:updated", {"quality": sub.quality,
-                                                "adaptive_mode": False}, to=sid)
+        answer = await control.set_quality(sub, session, data, self.settings)
+        await self.sio.emit("quality:updated", answer, to=sid)
 
     async def _fps_set(self, sid: str, data: Any) -> None:
         sub, _ = await self.subscription(sid)
-        sub.set_fps(v.integer(v.as_object(data), "fps", MIN_FPS, MAX_FPS))
-        sub.adaptive = False
-        await self.sio.emit("fps:updated", {"fps": sub.fps, "adaptive_mode": False}, to=sid)
+        await self.sio.emit("fps:updated", control.set_fps(sub, data), to=sid)
 
     async def _adaptive_toggle(self, sid: str, data: Any) -> None:
         sub, _ = await self.subscription(sid)
-        sub.adaptive = v.boolean(v.as_object(data), "enabled")
-        await self.sio.emit("adaptive:updated", {"enabled": sub.adaptive,
-                                                 "adaptive_mode": sub.adaptive}, to=sid)
+        await self.sio.emit("adaptive:updated", control.toggle_adaptive(sub, data), to=sid)
 
     async def _quality_changed(self, sub: Subscriber, reason: str) -> None:
-        await self.sio.emit("quality:updated", {"quality": sub.quality, "adaptive_mode": True,
-                                                "reason": reason}, to=sub.id)
+        await self.sio.emit("quality:updated", control.adaptive_change(sub, reason), to=sub.id)
 
     async def _session_closed(self, session: AnySession, reason: str) -> None:
         for sid, sub in list(self._subscriptions.items()):
