@@ -277,10 +277,10 @@ class Subscriber:
             frame = hub.latest
             if frame is None or frame.seq <= self.sent_seq:
                 continue
-            # GCRA pacing: the long-run rate never exceeds the cap, yet a frame that arrives a
-            # little early (vsync jitter) is not held back a whole interval.
+            # GCRA pacing (tolerance one interval): the long-run rate never exceeds the cap,
+            # yet a frame that arrives early (vsync jitter) is not held back and then lost.
             interval = 1.0 / self.fps
-            delay = self._tat - interval / 2 - time.monotonic()
+            delay = self._tat - interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
                 frame = hub.latest or frame  # latest-frame-wins
