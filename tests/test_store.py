@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import RedisServer
+
 from jiomosa.redis_store import RedisStore
 from jiomosa.store import MemoryStore, SessionRecord, Store
 

@@ -9,11 +9,12 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from jiomosa import validation as v
 from jiomosa.settings import Settings, SettingsError, env_var
 from jiomosa.streaming import FrameHub, jpeg_size, reencode
 from jiomosa.urlpolicy import UrlPolicy, UrlRejected
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from jiomosa_operator import model
-from jiomosa_operator.kube import ApiError, KubeApi, session_path
-
 from jiomosa.browser.driver import BrowserEndpoint, BrowserStartError
 from jiomosa.browser.page import Viewport
 from jiomosa.browsers import BrowserLease
 from jiomosa.settings import Settings
+from jiomosa_operator import model
+from jiomosa_operator.kube import ApiError, KubeApi, session_path
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Jiomosa's Kubernetes operator: one Chrome pod per BrowserSession."""

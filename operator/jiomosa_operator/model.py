@@ -1,0 +1,44 @@
+"""Names of the BrowserSession contract (crds/browsersession.yaml), shared by the operator and the
+streamer's Kubernetes backend. No Kopf here: the streamer imports this module."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "jiomosa.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "BrowserSession"
+PLURAL: Final = "browsersessions"
+
+# Phases of status.phase.
+PENDING: Final = "Pending"
+STARTING: Final = "Starting"
+READY: Final = "Ready"
+FAILED: Final = "Failed"
+EXPIRED: Final = "Expired"
+TERMINATING: Final = "Terminating"
+FINISHED_PHASES: Final = frozenset({FAILED, EXPIRED})
+
+FINALIZER: Final = "jiomosa.io/browser-cleanup"
+
+# Labels and annotations on pods the operator makes.
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "jiomosa-operator"
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_SESSION_UID: Final = "jiomosa.io/session-uid"
+LABEL_SESSION: Final = "jiomosa.io/session"
+ANNOTATION_SESSION: Final = "jiomosa.io/session"
+ANNOTATION_WEBDRIVER_PORT: Final = "jiomosa.io/webdriver-port"
+"""On a pod: the port its WebDriver listens on, when it is not the operator's webdriver_port.
+Honoured only with ``JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION`` (single-host test setups)."""
+
+# Annotations on BrowserSessions.
+ANNOTATION_ACTIVITY: Final = "jiomosa.io/last-activity"
+"""RFC 3339 time of the last user activity; the streamer refreshes it (at most every 15 s)."""
+ANNOTATION_STREAMER_SESSION: Final = "jiomosa.io/session-id"
+"""The streamer's session id for a BrowserSession the streamer created."""
+LABEL_CREATED_BY: Final = "app.kubernetes.io/created-by"
+CREATED_BY_STREAMER: Final = "jiomosa-streamer"
+
+CONTAINER: Final = "browser"

@@ -1,0 +1,118 @@
+"""Fixtures of the operator tests: a real control plane (tests/kube/controlplane.py) with the
+CRD and RBAC applied, a kubelet played by the tests, and the operator as a real process running
+under its least-privilege ClusterRole."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "kube"))
+sys.path.insert(0, str(HERE))
+
+from controlplane import ControlPlane, ControlPlaneError, build_binaries  # noqa: E402
+from kubelet import FakeKubelet  # noqa: E402
+from op_harness import CRD, RBAC, Kube, OperatorProcess  # noqa: E402
+
+_bin_dir: Path | None = None
+_build_error: str | None = None
+_counter = itertools.count(1)
+
+
+def _built() -> Path:
+    global _bin_dir, _build_error
+    if _bin_dir is None and _build_error is None:
+        try:
+            _bin_dir = build_binaries()
+        except (ControlPlaneError, OSError) as exc:
+            _build_error = str(exc)
+    if _bin_dir is None:
+        raise ControlPlaneError(f"building the control plane failed:\n{_build_error}")
+    return _bin_dir
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # A cold build takes minutes: do it before the first test's timeout starts.
+    if session.config.option.collectonly:
+        return
+    if any("kube" in getattr(item, "fixturenames", ()) for item in session.items):
+        try:
+            _built()
+        except ControlPlaneError:
+            pass  # reported by the fixture
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[Kube]:
+    """A control plane with the BrowserSession CRD and the RBAC roles applied."""
+    with ControlPlane(_built()) as cp:
+        k = Kube(cp)
+        k.kubectl("apply", "-f", str(CRD))
+        k.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                  "crd/browsersessions.jiomosa.io")
+        k.kubectl("apply", "-f", str(RBAC))
+        yield k
+
+
+@pytest.fixture(scope="session")
+def kubelet(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKubelet]:
+    playing = FakeKubelet(kube.cp, tmp_path_factory.mktemp("kubelet")).start()
+    yield playing
+    playing.stop()
+    assert not playing.errors, playing.errors
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace per test (namespaces are never deleted: no controller-manager)."""
+    name = f"t{next(_counter)}-{request.node.name.lower().replace('_', '-')}"[:40].rstrip("-")
+    kube.cp.ensure_namespace(name)
+    return name
+
+
+def identity(kube: Kube, namespace: str, account: str, role: str) -> Path:
+    """A kubeconfig for service account ``account`` bound to ClusterRole ``role`` in
+    ``namespace`` only (a RoleBinding)."""
+    kube.cp.ensure_service_account(namespace, account)
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": f"{account}-{role}", "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
+    kube.apply(json.dumps(binding))
+    return kube.cp.kubeconfig_for_service_account(namespace, account)
+
+
+@pytest.fixture
+def start_operator(kube: Kube, kubelet: FakeKubelet, namespace: str,
+                   tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start operators serving ``namespace`` as its service account; stopped after the test."""
+    kubeconfig = identity(kube, namespace, "jiomosa-operator", "jiomosa-operator")
+    started: list[OperatorProcess] = []
+
+    def start(**env: str) -> OperatorProcess:
+        proc = OperatorProcess(kubeconfig, namespace, tmp_path, env)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def operator(start_operator: Callable[..., OperatorProcess]) -> OperatorProcess:
+    return start_operator()
+
+
+@pytest.fixture
+def streamer_kubeconfig(kube: Kube, namespace: str) -> Path:
+    return identity(kube, namespace, "jiomosa-streamer", "jiomosa-streamer")

@@ -1,0 +1,188 @@
+"""Test support for the operator: the operator as a real process, and API helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controlplane import ControlPlane
+from kubelet import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "browsersession.yaml"
+RBAC = ROOT / "operator" / "deploy" / "rbac.yaml"
+SESSIONS = "/apis/jiomosa.io/v1alpha1/namespaces/{ns}/browsersessions"
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1,
+               what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+class Kube:
+    """Admin access to the test cluster, in the shapes the tests need."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    def kubectl(self, *args: str, input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cp.run_kubectl(*args, input=input, check=check)
+
+    def session(self, ns: str, name: str) -> dict[str, Any] | None:
+        status, body = self.cp.request("GET", SESSIONS.format(ns=ns) + "/" + name)
+        return body if status == 200 else None
+
+    def sessions(self, ns: str) -> list[dict[str, Any]]:
+        status, body = self.cp.request("GET", SESSIONS.format(ns=ns))
+        assert status == 200, body
+        return list(body["items"])
+
+    def phase(self, ns: str, name: str) -> str | None:
+        bs = self.session(ns, name)
+        return None if bs is None else (bs.get("status") or {}).get("phase")
+
+    def wait_phase(self, ns: str, name: str, phase: str, timeout: float = 30.0) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            bs = self.session(ns, name)
+            return bs if bs and (bs.get("status") or {}).get("phase") == phase else None
+        try:
+            return eventually(probe, timeout, what=f"{name} {phase}")
+        except AssertionError:
+            raise AssertionError(f"{name} never became {phase}: "
+                                 f"{json.dumps(self.session(ns, name), indent=1)}\n"
+                                 f"events: {self.events(ns)}") from None
+
+    def patch_session(self, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        status, body = self.cp.request("PATCH", SESSIONS.format(ns=ns) + "/" + name, patch,
+                                       content_type="application/merge-patch+json")
+        assert status == 200, body
+        return dict(body)
+
+    def pods(self, ns: str) -> list[dict[str, Any]]:
+        status, body = self.cp.request("GET", f"/api/v1/namespaces/{ns}/pods")
+        assert status == 200, body
+        return list(body["items"])
+
+    def pod(self, ns: str, name: str) -> dict[str, Any] | None:
+        status, body = self.cp.request("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+        return body if status == 200 else None
+
+    def events(self, ns: str, name: str | None = None) -> list[tuple[str, str, str]]:
+        """(type, reason, message) of the Events about BrowserSessions, oldest first."""
+        status, body = self.cp.request("GET", f"/api/v1/namespaces/{ns}/events")
+        assert status == 200, body
+        items = [e for e in body["items"]
+                 if e["involvedObject"].get("kind") == "BrowserSession"
+                 and (name is None or e["involvedObject"].get("name") == name)]
+        items.sort(key=lambda e: (e.get("firstTimestamp") or e.get("eventTime") or "",
+                                  e["metadata"].get("creationTimestamp", "")))
+        return [(e["type"], e["reason"], e.get("message", "")) for e in items]
+
+    def apply(self, manifest: str) -> None:
+        self.kubectl("apply", "-f", "-", input=manifest)
+
+
+def session_manifest(name: str, ns: str, **spec: Any) -> str:
+    return json.dumps({"apiVersion": "jiomosa.io/v1alpha1", "kind": "BrowserSession",
+                       "metadata": {"name": name, "namespace": ns}, "spec": spec})
+
+
+class OperatorProcess:
+    """``jiomosa operator`` as a real process, serving one namespace."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.liveness_port = free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "JIOMOSA_LOG_FORMAT": "json",
+            "JIOMOSA_LOG_LEVEL": "INFO",
+            "JIOMOSA_OPERATOR_NAMESPACES": namespace,
+            "JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION": "1",
+            "JIOMOSA_OPERATOR_ALLOW_HOSTS": "127.0.0.5",
+            "JIOMOSA_OPERATOR_POLL_INTERVAL": "0.3",
+            "JIOMOSA_OPERATOR_CHECK_INTERVAL": "0.5",
+            "JIOMOSA_OPERATOR_LIVENESS_HOST": "127.0.0.1",
+            "JIOMOSA_OPERATOR_LIVENESS_PORT": str(self.liveness_port),
+            **(env or {}),
+        }
+        self.log_dir = log_dir
+        self.log_path = log_dir / f"operator-{self.liveness_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def liveness_url(self) -> str:
+        return f"http://127.0.0.1:{self.liveness_port}/healthz"
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jiomosa", "operator"], env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.liveness_url, timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"operator did not become live: {self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the operator dies mid-work."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
