@@ -31,6 +31,8 @@ async def test_idle_timeout_and_what_counts_as_activity(
             await probe.subscribe(watched)
             kept = (await api.create())["session_id"]
             idle = (await api.create())["session_id"]
+            status, _ = await api.call("POST", f"/api/session/{kept}/keepalive")
+            assert status == 200
             started = time.monotonic()
             # keepalive every second keeps `kept`; the subscriber keeps `watched`; `idle` goes.
             idle_gone = False

@@ -247,6 +247,7 @@ class SessionManager:
             if isinstance(exc, BrowserStartError):
                 raise SessionError(str(exc), 503) from None
             raise
+        session.touch()  # the idle clock starts when the session is ready, not when asked
         metrics.SESSIONS_CREATED.inc()
         metrics.CREATE_SECONDS.observe(time.perf_counter() - started)
         session.log.info("session created in %.0f ms", (time.perf_counter() - started) * 1000)

@@ -10,7 +10,9 @@ which sets JIOMOSA_E2E_KUBECONFIG (a plain KUBECONFIG in the environment is not 
 * JIOMOSA_E2E_NAMESPACE / JIOMOSA_E2E_RELEASE: where and under which name the chart is
   installed (default: jiomosa / jiomosa);
 * JIOMOSA_E2E_URL: the page sessions open (default: about:blank, which needs no internet);
-* JIOMOSA_E2E_TIMEOUT: seconds a browser may take to start (default 300: image pulls).
+* JIOMOSA_E2E_TIMEOUT: seconds a browser may take to start (default 300: image pulls);
+* JIOMOSA_E2E_STREAMER_URL: reach the streamers there (e.g. through the ingress) instead of
+  through a `kubectl port-forward` to their Service.
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ def cluster() -> Cluster:
 
 @pytest.fixture(scope="session")
 def streamer_url(cluster: Cluster) -> Iterator[str]:
-    """A `kubectl port-forward` to the streamer Service."""
+    """A `kubectl port-forward` to the streamer Service (or JIOMOSA_E2E_STREAMER_URL)."""
+    given = os.environ.get("JIOMOSA_E2E_STREAMER_URL")
+    if given:
+        yield given.rstrip("/")
+        return
     kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl") or "kubectl"
     proc = subprocess.Popen(
         [kubectl, "--kubeconfig", cluster.kubeconfig, "-n", cluster.namespace, "port-forward",

@@ -54,11 +54,12 @@ async def test_a_device_session_streams_frames(cluster: Cluster, streamer_url: s
     assert f"?session_id={sid}" in created["websocket_url"]
 
     # Its browser is a BrowserSession with a hardened pod of its own.
-    sessions = cluster.get("browsersessions")["items"]
-    [bs] = [s for s in sessions if s["metadata"].get("annotations", {}).get(
-        "jiomosa.io/session-id") == sid] or [s for s in sessions
-                                              if s["status"].get("phase") == "Ready"][:1]
+    # (the newest one a streamer made: sessions of other clients may exist)
+    made = cluster.get("browsersessions", "-l",
+                       "app.kubernetes.io/created-by=jiomosa-streamer")["items"]
+    bs = max(made, key=lambda s: s["metadata"]["creationTimestamp"])
     assert bs["status"]["phase"] == "Ready"
+    assert bs["spec"]["viewport"]["width"] == 480
     pod = cluster.get("pod", bs["status"]["podName"])
     sc = pod["spec"]["containers"][0]["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
