@@ -170,6 +170,10 @@ def build_pages(trap: PageServer) -> PageServer:
 
 
 # --------------------------------------------------------------------------- the streamer
+class PortTaken(RuntimeError):
+    """The process could not bind the port it was given."""
+
+
 class StreamerProcess:
     """``jiomosa serve`` as a real subprocess with its own settings."""
 
@@ -187,6 +191,18 @@ class StreamerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> StreamerProcess:
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                # free_port() only found a free port; another process may bind it first.
+                if attempt == 2:
+                    raise
+                self.port = free_port()
+                self.base = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> StreamerProcess:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jiomosa", "serve", "--host", "127.0.0.1",
@@ -197,7 +213,10 @@ class StreamerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"streamer exited: {self.log_tail()}")
+                tail = self.log_tail()
+                if "address already in use" in tail:
+                    raise PortTaken(tail)
+                raise RuntimeError(f"streamer exited: {tail}")
             try:
                 with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
                     health = json.load(r)

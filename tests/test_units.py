@@ -98,9 +98,10 @@ def test_validation_numbers() -> None:
     assert v.integer({"fps": 30.0}, "fps", 1, 60) == 30
 
 
-def _jpeg(w: int, h: int, quality: int = 80) -> bytes:
+def _jpeg(w: int, h: int, quality: int = 80, color: tuple[int, int, int] = (200, 10, 10)
+          ) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", (w, h), (200, 10, 10)).save(out, "JPEG", quality=quality)
+    Image.new("RGB", (w, h), color).save(out, "JPEG", quality=quality)
     return out.getvalue()
 
 
@@ -121,8 +122,10 @@ async def test_hub_variants_are_shared_and_reencoded() -> None:
     b64 = await hub.image(frame, 80, "base64")
     assert b64.startswith(b"data:image/jpeg;base64,")
     assert hub.publish(b"garbage") is None
+    assert hub.publish(frame.jpeg) is None  # an identical repaint is no new frame
+    assert hub.latest is frame
     assert (await hub.wait_newer(1, 0.05)) is None
-    newer = hub.publish(_jpeg(64, 48))
+    newer = hub.publish(_jpeg(64, 48, color=(10, 200, 10)))
     assert newer is not None and (await hub.wait_newer(1, 0.05)) is newer
 
 

@@ -105,6 +105,10 @@ class FrameHub:
         """When a client last read from the hub (long-polls and snapshots count)."""
 
     def publish(self, jpeg: bytes, quality: int | None = None) -> Frame | None:
+        """Make a screencast JPEG the latest frame. A byte-identical repeat of the latest
+        (a repaint that changed nothing, a screencast restart) is dropped: None."""
+        if self.latest is not None and self.latest.jpeg == jpeg:
+            return None
         try:
             width, height = jpeg_size(jpeg)
         except ValueError:

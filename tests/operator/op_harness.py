@@ -107,6 +107,10 @@ def session_manifest(name: str, ns: str, **spec: Any) -> str:
                        "metadata": {"name": name, "namespace": ns}, "spec": spec})
 
 
+class PortTaken(RuntimeError):
+    """The process could not bind the port it was given."""
+
+
 class OperatorProcess:
     """``jiomosa operator`` as a real process, serving one namespace."""
 
@@ -136,6 +140,18 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.liveness_port}/healthz"
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                # free_port() only found a free port; another process may bind it first.
+                if attempt == 2:
+                    raise
+                self.liveness_port = free_port()
+                self.env["JIOMOSA_OPERATOR_LIVENESS_PORT"] = str(self.liveness_port)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> OperatorProcess:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jiomosa", "operator"], env=self.env, stdout=log,
@@ -143,7 +159,10 @@ class OperatorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited: {self.log_tail()}")
+                tail = self.log_tail()
+                if "address already in use" in tail:
+                    raise PortTaken(tail)
+                raise RuntimeError(f"operator exited: {tail}")
             try:
                 with urllib.request.urlopen(self.liveness_url, timeout=2) as r:
                     if r.status == 200:

@@ -252,6 +252,24 @@ class BrowserPage:
                 await asyncio.sleep(0.05)
         self._screencasting = True
 
+    async def _settle(self) -> None:
+        """Return once the loaded page is on screen, so that the frame a client gets next shows
+        it and not the page before: wait for two animation frames (the page's first paint is
+        then committed) and make the screencast emit a fresh frame."""
+        try:
+            await self._conn.send(
+                "Runtime.evaluate",
+                {"expression": "new Promise(r => requestAnimationFrame("
+                               "() => requestAnimationFrame(() => r(true))))",
+                 "awaitPromise": True, "returnByValue": True},
+                session_id=self._sid, timeout=FRAME_AFTER_LOAD_WAIT)
+            if self._screencasting:
+                fresh = asyncio.ensure_future(self.next_frame(FRAME_AFTER_LOAD_WAIT))
+                await self.force_frame()
+                await fresh
+        except CDPError:
+            pass  # a page that never paints does not hold the answer
+
     async def force_frame(self) -> None:
         """Make Chrome paint once, so the screencast emits the current picture."""
         # A screencast restart always emits a fresh frame, whatever the page is doing.
@@ -306,9 +324,7 @@ class BrowserPage:
                 except TimeoutError:
                     self.log.info("load event did not come within %.0fs", timeout)
                 else:
-                    # Answer once the loaded page is on screen, so that the client's next
-                    # frame shows it (not the page before).
-                    await self.next_frame(FRAME_AFTER_LOAD_WAIT)
+                    await self._settle()
         except CDPError as exc:
             raise NavigationError(str(exc)) from None
         finally:
