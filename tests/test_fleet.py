@@ -139,8 +139,13 @@ async def test_owner_killed_session_resumes_with_its_page(
         status, _ = await a.call("POST", f"/api/session/{sid}/input/click", {"x": 200, "y": 150})
         assert status == 200
     await a.wait_title(sid, lambda t: t == "count:3")
+    on_a = SioProbe(a.base)
+    await on_a.__aenter__()
+    await on_a.subscribe(sid)  # a client on A keeps the session there until A dies
     async with SioProbe(c.base) as on_c:
         await on_c.subscribe(sid)
+        await asyncio.sleep(1.5)  # time for C to ask for the session (A refuses)
+        assert await _owner(b, sid) == "a"
         assert fleet[0].proc is not None
         fleet[0].proc.kill()  # SIGKILL: no hand-off, the lease must expire
         killed = time.monotonic()
@@ -156,6 +161,7 @@ async def test_owner_killed_session_resumes_with_its_page(
         assert status == 200
         await b.wait_title(sid, lambda t: t == "count:4")
         await on_c.wait_for("frame", start=start)
+    await on_a.__aexit__(None, None, None)
     print(f"session resumed {resumed:.2f}s after SIGKILL of its owner")
     await b.close(sid)
 
@@ -204,3 +210,27 @@ async def test_redis_restart_mid_stream(apis: list[Api], pages: PageServer,
     status, _ = await a.call("POST", "/api/session/create", {})
     assert status == 201
     await a.close(sid)
+
+
+async def test_ownership_follows_the_clients(apis: list[Api], pages: PageServer,
+                                             redis_server: RedisServer) -> None:
+    """Created on A, watched only on B (where the ingress hashes its clients): B becomes the
+    owner, its client keeps streaming, and the relay stops."""
+    a, b, _ = apis
+    sid = (await a.create(url=pages.url("/anim")))["session_id"]
+    async with SioProbe(b.base, f"session_id={sid}") as on_b:
+        await on_b.subscribe(sid)
+        started = time.monotonic()
+        while await _owner(b, sid) != "b":
+            assert time.monotonic() - started < 10, "the session never moved to its clients"
+            await asyncio.sleep(0.2)
+        start = len(on_b.events["frame"])
+        await asyncio.sleep(1.0)
+        seqs = [f["seq"] for f in on_b.frames()]
+        assert len(seqs) - start > 5 and seqs == sorted(seqs), "frames stopped or went back"
+        publishes = redis_server.calls("publish")
+        await asyncio.sleep(1.5)
+        assert redis_server.calls("publish") - publishes == 0
+        status, ack = await b.call("POST", f"/api/session/{sid}/input/click", {"x": 5, "y": 5})
+        assert status == 200 and ack["type"] == "click"
+    await b.close(sid)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 FAILED_RETENTION = 60.0  # seconds a failed session stays visible before it is forgotten
 TICK = 1.0  # seconds between lease renewals, reaping and adoption sweeps
 MIRROR_LINGER = 5.0  # seconds a mirror without subscribers stays for HTTP pollers
+HANDOFF_RETRY = 5.0  # seconds between requests to move one session to this streamer
 SEQ_GAP = 1000  # frame numbers skipped at adoption (> frames in a TICK at 60 fps)
 
 
@@ -75,6 +76,7 @@ class SessionManager:
         self._relay_pending: dict[str, Frame] = {}
         self._relay_tasks: dict[str, asyncio.Task[None]] = {}
         self._redis_ok = True
+        self._handoff_asked: dict[str, float] = {}
 
     # =============================================================== life of the manager
     async def start(self) -> None:
@@ -349,6 +351,41 @@ class SessionManager:
             await self.store.release(session.id, self.streamer_id)
         session.log.info("session handed off to the fleet")
 
+    async def _give_to(self, session: Session, streamer_id: str) -> bool:
+        """Hand a session to the streamer its clients are on, if none watches it here.
+
+        The ingress hashes a session's clients to one streamer, but the session was created
+        wherever its create request landed; moving it makes the clients' streamer the owner
+        and their frames free of Redis."""
+        endpoint = session.lease.endpoint if session.lease else None
+        if (endpoint is None or endpoint.kind == "local" or session.state != "ready"
+                or session.hub.subscribers
+                or time.monotonic() - session.hub.last_used < MIRROR_LINGER):
+            return False
+        session.log.info("handing the session to %s, where its clients are", streamer_id)
+        await self._hand_off(session)
+        return True
+
+    async def _follow_clients(self, store: RedisStore) -> None:
+        """Ask owners to hand over the remote sessions whose clients are all here."""
+        assert self.bus is not None
+        now = time.monotonic()
+        for session_id, hub in list(self.mirrors.items()):
+            if not hub.subscribers or self._handoff_asked.get(session_id, 0) > now:
+                continue
+            self._handoff_asked[session_id] = now + HANDOFF_RETRY
+            record = await store.get(session_id)
+            if record is None or record.endpoint.get("kind") == "local":
+                continue
+            try:
+                answer = await self.bus.call(record.owner, "handoff", session_id,
+                                             {"to": self.streamer_id}, timeout=5.0)
+            except RelayError:
+                continue
+            if answer.get("moved") and await store.try_acquire(
+                    session_id, self.streamer_id, self.settings.lease_ttl):
+                await self._adopt(record)
+
     # =============================================================== failures
     def _on_page_gone(self, session: Session, reason: str) -> None:
         if session.state in ("closing", "closed", "failed"):
@@ -399,7 +436,11 @@ class SessionManager:
             self._relay_tasks.pop(session_id, None)
 
     def mirror_hub(self, session_id: str) -> FrameHub:
-        """The local hub of a remote session, fed from its relay channel."""
+        """The local hub of a remote session, fed from its relay channel (or, once this
+        streamer took the session over, the session's own hub)."""
+        local = self.sessions.get(session_id)
+        if local is not None:
+            return local.hub
         hub = self.mirrors.get(session_id)
         if hub is None:
             hub = FrameHub(session_id, self.settings.default_quality)
@@ -450,11 +491,20 @@ class SessionManager:
     # =============================================================== relay requests
     async def call_owner(self, session: RemoteSession, op: str, args: dict[str, Any],
                          timeout: float = 10.0) -> dict[str, Any]:
+        """Run ``op`` where the session is driven. Ownership may have moved since the caller
+        looked the session up (even to this streamer): follow it once."""
         assert self.bus is not None
-        try:
-            return await self.bus.call(session.owner, op, session.id, args, timeout)
-        except RelayError as exc:
-            raise SessionError(str(exc), exc.status) from None
+        for attempt in range(2):
+            if session.id in self.sessions:
+                return await self._handle_rpc(op, session.id, args)
+            try:
+                return await self.bus.call(session.owner, op, session.id, args, timeout)
+            except RelayError as exc:
+                record = await self.store.get(session.id) if attempt == 0 else None
+                if record is None or record.owner == session.owner:
+                    raise SessionError(str(exc), exc.status) from None
+                session.record = record
+        raise AssertionError("unreachable")
 
     async def _handle_rpc(self, op: str, session_id: str, args: dict[str, Any]
                           ) -> dict[str, Any]:
@@ -474,6 +524,8 @@ class SessionManager:
                 if session.hub.latest is not None:
                     self._relay(session_id, session.hub.latest)
                 return {}
+            if op == "handoff":
+                return {"moved": await self._give_to(session, str(args.get("to")))}
             if op == "info":
                 return await session.info()
             if op == "quality":
@@ -555,6 +607,8 @@ class SessionManager:
             await store.touch(session_id, when)
         # 5. Adopt sessions whose owner is gone.
         await self._adopt_orphans(store)
+        # 6. Take over sessions whose clients are all on this streamer.
+        await self._follow_clients(store)
 
     async def _adopt_orphans(self, store: RedisStore) -> None:
         records = [r for r in await store.all()
@@ -576,7 +630,8 @@ class SessionManager:
         # Frames the old owner sent after its last renewal (at most a second's worth) must not
         # reuse numbers: continue well above the last one it reported.
         session = Session(record.session_id, Viewport.from_dict(record.viewport), self.settings,
-                          created_at=record.created_at, first_seq=record.seq + SEQ_GAP)
+                          created_at=record.created_at, first_seq=record.seq + SEQ_GAP,
+                          hub=self.mirrors.get(record.session_id))
         session.page_info = record.page_info
         session.last_activity = record.last_activity
         session.owner = self.streamer_id
@@ -591,6 +646,8 @@ class SessionManager:
             await self._forget(record.session_id)
             return
         self.sessions[session.id] = session
+        if self.mirrors.pop(session.id, None) is not None and self.bus is not None:
+            await self.bus.unwatch(session.id)  # the mirror's clients now watch the real hub
         session.lease = self.provider.lease_for(endpoint)
         session.relay_active = True  # mirrors of the old owner are waiting
         await self._wire(session, page)

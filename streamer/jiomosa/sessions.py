@@ -52,7 +52,8 @@ class Session:
     remote = False
 
     def __init__(self, session_id: str, viewport: Viewport, settings: Settings,
-                 created_at: float | None = None, first_seq: int = 1) -> None:
+                 created_at: float | None = None, first_seq: int = 1,
+                 hub: FrameHub | None = None) -> None:
         self.id = session_id
         self.viewport = viewport
         self.settings = settings
@@ -63,7 +64,8 @@ class Session:
         self.close_reason: str | None = None
         self.page: BrowserPage | None = None
         self.lease: BrowserLease | None = None
-        self.hub = FrameHub(session_id, settings.default_quality, first_seq)
+        # A streamer that takes a session over keeps the hub its clients already watch.
+        self.hub = hub or FrameHub(session_id, settings.default_quality, first_seq)
         self.page_info: dict[str, Any] = {"title": "", "url": "about:blank"}
         self.log = logging.LoggerAdapter(log, {"session_id": session_id})
         self._source_quality = settings.default_quality

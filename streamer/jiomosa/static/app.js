@@ -311,7 +311,8 @@
         path: BASE + 'socket.io',
         transports: ['websocket', 'polling'],
         tryAllTransports: true,
-        query: {encoding: 'binary'},
+        // session_id lets the ingress send every client of a session to one streamer.
+        query: {encoding: 'binary', session_id: state.sid},
         reconnectionDelay: 500,
         reconnectionDelayMax: 3000,
         timeout: 8000
