@@ -102,6 +102,11 @@ class LocalBrowser:
         self.endpoint = endpoint
 
     def quit(self) -> None:
+        process = getattr(self.driver.service, "process", None)
+        if process is not None and process.poll() is not None:
+            # chromedriver is gone already (Ctrl-C reaches the whole process group, browser
+            # included): asking it to quit would only retry against a closed port.
+            return
         try:
             self.driver.quit()
         except Exception:  # already gone: nothing left to free
