@@ -16,24 +16,11 @@ sys.path.insert(0, str(HERE.parent / "operator"))
 sys.path.insert(0, str(HERE))
 
 from chart_support import CHART, ChartCluster, fetch, helm_bin  # noqa: E402
-from controlplane import ControlPlane, ControlPlaneError, build_binaries  # noqa: E402
-
-_bin_dir: Path | None = None
-_build_error: str | None = None
+from controlplane import ControlPlane, ControlPlaneError, built_once  # noqa: E402
 
 SERVER_FIXTURES = ("chart_cluster",)
 
 
-def _built() -> Path:
-    global _bin_dir, _build_error
-    if _bin_dir is None and _build_error is None:
-        try:
-            _bin_dir = build_binaries()
-        except (ControlPlaneError, OSError) as exc:
-            _build_error = str(exc)
-    if _bin_dir is None:
-        raise ControlPlaneError(f"building the control plane failed:\n{_build_error}")
-    return _bin_dir
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -50,7 +37,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         pass
     if any(f in getattr(i, "fixturenames", ()) for i in chart_items for f in SERVER_FIXTURES):
         try:
-            _built()
+            built_once()
         except ControlPlaneError:
             pass
 
@@ -64,7 +51,7 @@ def helm_path() -> Path:
 def chart_cluster() -> Iterator[ChartCluster]:
     """kube-apiserver + etcd with RBAC and Pod Security admission on, the chart's CRDs
     (charts/jiomosa/crds/) and the Gateway API CRDs (experimental channel) applied for real."""
-    with ControlPlane(_built()) as cp:
+    with ControlPlane(built_once()) as cp:
         cluster = ChartCluster(cp)
         cluster.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
         cluster.kubectl("apply", "--server-side", "-f", str(fetch("gateway-api")))

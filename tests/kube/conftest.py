@@ -17,22 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from controlplane import ControlPlane, ControlPlaneError, build_binaries
-
-_bin_dir: Path | None = None
-_build_error: str | None = None
-
-
-def _ensure_built() -> Path:
-    global _bin_dir, _build_error
-    if _bin_dir is None and _build_error is None:
-        try:
-            _bin_dir = build_binaries()
-        except (ControlPlaneError, OSError) as e:
-            _build_error = str(e)
-    if _bin_dir is None:
-        raise ControlPlaneError(f"building the control plane failed:\n{_build_error}")
-    return _bin_dir
+from controlplane import ControlPlane, ControlPlaneError, built_once
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -40,7 +25,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
         try:
-            _ensure_built()
+            built_once()
         except ControlPlaneError:
             pass  # reported by the fixture, as an error of the tests that need it
 
@@ -49,5 +34,5 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def control_plane() -> Iterator[ControlPlane]:
     """etcd + kube-apiserver (RBAC on, no kubelet/controllers), admin kubeconfig
     at `.kubeconfig`; see tests/kube/controlplane.py."""
-    with ControlPlane(_ensure_built()) as cp:
+    with ControlPlane(built_once()) as cp:
         yield cp

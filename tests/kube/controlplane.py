@@ -63,6 +63,24 @@ class KubectlError(subprocess.CalledProcessError):
         return f"{super().__str__()}\n{self.stderr}"
 
 
+_built_dir: Path | None = None
+_build_error: str | None = None
+
+
+def built_once() -> Path:
+    """``build_binaries()`` once per test run, for every conftest that needs it; a failure is
+    remembered and raised again, so that each dependent test reports it without rebuilding."""
+    global _built_dir, _build_error
+    if _built_dir is None and _build_error is None:
+        try:
+            _built_dir = build_binaries()
+        except (ControlPlaneError, OSError) as exc:
+            _build_error = str(exc)
+    if _built_dir is None:
+        raise ControlPlaneError(f"building the control plane failed:\n{_build_error}")
+    return _built_dir
+
+
 def build_binaries(timeout: float = 1800.0) -> Path:
     """Build (or find cached) kube-apiserver, etcd and kubectl.
 

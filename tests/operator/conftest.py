@@ -16,25 +16,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "kube"))
 sys.path.insert(0, str(HERE))
 
-from controlplane import ControlPlane, ControlPlaneError, build_binaries  # noqa: E402
+from controlplane import ControlPlane, ControlPlaneError, built_once  # noqa: E402
 from kubelet import FakeKubelet  # noqa: E402
 from op_harness import CRD, RBAC, Kube, OperatorProcess  # noqa: E402
 
-_bin_dir: Path | None = None
-_build_error: str | None = None
 _counter = itertools.count(1)
 
 
-def _built() -> Path:
-    global _bin_dir, _build_error
-    if _bin_dir is None and _build_error is None:
-        try:
-            _bin_dir = build_binaries()
-        except (ControlPlaneError, OSError) as exc:
-            _build_error = str(exc)
-    if _bin_dir is None:
-        raise ControlPlaneError(f"building the control plane failed:\n{_build_error}")
-    return _bin_dir
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -43,7 +31,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if any("kube" in getattr(item, "fixturenames", ()) for item in session.items):
         try:
-            _built()
+            built_once()
         except ControlPlaneError:
             pass  # reported by the fixture
 
@@ -51,7 +39,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def kube() -> Iterator[Kube]:
     """A control plane with the BrowserSession CRD and the RBAC roles applied."""
-    with ControlPlane(_built()) as cp:
+    with ControlPlane(built_once()) as cp:
         k = Kube(cp)
         k.kubectl("apply", "-f", str(CRD))
         k.kubectl("wait", "--for=condition=Established", "--timeout=60s",
