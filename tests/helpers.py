@@ -26,6 +26,8 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_HOST = "127.0.0.5"  # allowed by JIOMOSA_ALLOW_HOSTS in tests
 TRAP_HOST = "127.0.0.1"  # blocked: a request arriving here is an SSRF hole
+ADMIN_TOKEN = "test-admin-token"  # the streamers of the tests reveal session lists to it
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -185,6 +187,7 @@ class StreamerProcess:
             "JIOMOSA_ALLOW_HOSTS": PAGE_HOST,
             "JIOMOSA_LOG_FORMAT": "json",
             "JIOMOSA_WARM_BROWSERS": "1",
+            "JIOMOSA_ADMIN_TOKEN": ADMIN_TOKEN,
             **(env or {}),
         }
         self.log_path = (log_dir or Path("/tmp")) / f"streamer-{self.port}.log"
@@ -364,10 +367,10 @@ class Api:
 
     async def call(self, method: str, path: str, body: Any = None,
                    raw: bytes | None = None) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"headers": dict(ADMIN)}
         if raw is not None:
             kwargs["data"] = raw
-            kwargs["headers"] = {"Content-Type": "application/json"}
+            kwargs["headers"]["Content-Type"] = "application/json"
         elif body is not None:
             kwargs["json"] = body
         async with self.http.request(method, self.base + path, **kwargs) as r:

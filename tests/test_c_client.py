@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import ROOT, Api, PageServer, StreamerProcess, pixel
+from helpers import ADMIN, ROOT, Api, PageServer, StreamerProcess, pixel
 from PIL import Image
 
 CLIENT_DIR = ROOT / "clients" / "c"
@@ -122,7 +122,8 @@ def test_peak_rss_while_streaming_full_frames(
     # The client created its session (with the page) and closed it at exit.
     session_id = re.search(r"^session (\S+)$", stdout, re.M)
     assert session_id
-    listed = requests.get(f"{streamer.base}/api/sessions", timeout=10).json()["sessions"]
+    listed = requests.get(f"{streamer.base}/api/sessions", headers=ADMIN,
+                          timeout=10).json()["sessions"]
     assert session_id.group(1) not in {s["session_id"] for s in listed}
 
 async def test_refused_and_ended_sessions(client: Path, api: Api, pages: PageServer) -> None:

@@ -281,3 +281,19 @@ async def test_concurrent_creates_respect_capacity(start_streamer: type[Streamer
         assert statuses == [201, 503, 503], results
         refused = next(d for s, d in results if s == 503)
         assert "capacity" in refused["error"] and refused["max_sessions"] == 1
+
+
+async def test_session_list_is_redacted_without_the_admin_token(api: Api,
+                                                              pages: PageServer) -> None:
+    sid = (await api.create(url=pages.url("/static")))["session_id"]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "test-admin-token"}):
+        async with api.http.get(api.base + "/api/sessions", headers=headers) as r:
+            listing = await r.json()
+        assert r.status == 200 and listing["redacted"] is True
+        assert sid not in str(listing)
+        mine = [s for s in listing["sessions"] if s["session_id"] == sid[:4] + "…"]
+        assert mine and mine[0]["current_page"] == f"http://{pages.host}:{pages.port}/"
+    status, listing = await api.call("GET", "/api/sessions")  # with the token
+    assert status == 200
+    assert listing["redacted"] is False and sid in [s["session_id"] for s in listing["sessions"]]
+    await api.close(sid)

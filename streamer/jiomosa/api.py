@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -215,9 +217,24 @@ async def close(request: web.Request) -> web.Response:
 
 @routes.get("/api/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
+    """The original's session list. A session id is the key to a browser, so only a request
+    with the admin token sees whole ids and pages; everyone else gets them redacted."""
     sessions = await request.app[MANAGER].summaries()
     live = sum(1 for s in sessions if s["status"] in ("starting", "ready"))
-    return web.json_response({"active_sessions": live, "sessions": sessions})
+    admin = is_admin(request)
+    if not admin:
+        for entry in sessions:
+            entry["session_id"] = entry["session_id"][:4] + "…"
+            page = urlsplit(str(entry.get("current_page", "")))
+            entry["current_page"] = f"{page.scheme}://{page.netloc}/" if page.netloc else ""
+    return web.json_response({"active_sessions": live, "sessions": sessions,
+                              "redacted": not admin})
+
+
+def is_admin(request: web.Request) -> bool:
+    token = request.app[SETTINGS].admin_token
+    offered = request.headers.get("Authorization", "")
+    return bool(token) and hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
 
 
 @routes.post("/api/session/{session_id}/input/{kind}")

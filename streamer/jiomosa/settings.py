@@ -119,6 +119,11 @@ class Settings:
     log_level: str = "INFO"
     """``JIOMOSA_LOG_LEVEL``: Python logging level name."""
 
+    admin_token: str = ""
+    """``JIOMOSA_ADMIN_TOKEN``: bearer token that shows whole session ids and pages in
+    ``GET /api/sessions``; without it the list is redacted (a listed id would be a session
+    anyone could take over). Empty = nobody sees them."""
+
     public_url: str = ""
     """``JIOMOSA_PUBLIC_URL``: base URL clients reach this service at, used in
     ``websocket_url``; empty = derived from the request."""
