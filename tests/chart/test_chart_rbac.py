@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from chart_support import RELEASE, ChartCluster, container_env, docs, dump, is_hook, one, render
-from helpers import PAGE_HOST, PageServer, RedisServer, StreamerProcess
+from helpers import ADMIN, PAGE_HOST, PageServer, RedisServer, StreamerProcess
 from kubelet import FakeKubelet
 from op_harness import Kube, OperatorProcess, eventually, session_manifest
 
@@ -205,7 +205,7 @@ def operator_lifecycle(inst: Install, operator: OperatorProcess, pages: PageServ
 def http(method: str, url: str, body: Any = None, timeout: float = 60.0) -> tuple[int, str, bytes]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **ADMIN})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.headers.get("Content-Type", ""), r.read()
