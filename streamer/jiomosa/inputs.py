@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from jiomosa import validation as v
 from jiomosa.browser.page import BrowserPage
@@ -47,12 +47,3 @@ def parse_input(kind: str, payload: Any, settings: Settings) -> InputCommand:
         return InputCommand(kind, {"length": len(text)}, lambda page: page.insert_text(text))
     raise v.BadRequest(f"unknown input type {kind!r}")
 
-
-class AcceptsInput(Protocol):
-    async def input(self, kind: str, payload: Any) -> dict[str, Any]: ...
-
-
-async def apply_input(session: AcceptsInput, kind: str, payload: Any,
-                      _settings: Settings | None = None) -> dict[str, Any]:
-    """Check and dispatch one input event on a local or remote session; return its ack."""
-    return await session.input(kind, payload)

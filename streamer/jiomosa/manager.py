@@ -127,13 +127,6 @@ class SessionManager:
         self._closed_notifiers.append(notifier)
 
     # =============================================================== lookups
-    def get(self, session_id: Any) -> AnySession:
-        """A session known to this streamer without asking the store (local, or mirrored)."""
-        if isinstance(session_id, str):
-            if session_id in self.sessions:
-                return self.sessions[session_id]
-        raise SessionError("Session not found", 404)
-
     async def lookup(self, session_id: Any) -> AnySession:
         """Any session of the fleet."""
         if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):

@@ -32,7 +32,6 @@ from jiomosa.api import error as http_error
 from jiomosa.appkeys import MANAGER, SETTINGS
 from jiomosa.browser.cdp import CDPError
 from jiomosa.browser.page import InputError
-from jiomosa.inputs import apply_input
 from jiomosa.manager import SessionManager
 from jiomosa.sessions import AnySession, SessionError
 from jiomosa.settings import Settings
@@ -239,7 +238,7 @@ async def _unsubscribe(client: PlainClient, _data: Any) -> None:
 def _input(kind: str) -> EventHandler:
     async def handle(client: PlainClient, data: Any) -> None:
         # The connection is bound to its session: input works with or without frames.
-        ack = await apply_input(client.session, kind, data, client.server.settings)
+        ack = await client.session.input(kind, data)
         await client.send("input:acknowledged", ack)
     return handle
 
