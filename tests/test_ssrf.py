@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import Api, PageServer
+from aiohttp import web
+from helpers import Api, PageServer, free_port
 
 BLOCKED_URLS = [
     "http://127.0.0.1/",
@@ -75,3 +76,39 @@ async def test_popup_replaces_the_page(api: Api, pages: PageServer) -> None:
     await api.call("POST", f"/api/session/{sid}/input/click", {"x": 100, "y": 100})
     await api.wait_title(sid, lambda t: t == "static")
     await api.close(sid)
+
+
+async def test_page_websockets_to_private_addresses_are_blocked(
+        api: Api, pages: PageServer) -> None:
+    """Fetch does not see WebSockets; the egress proxy does. Same server, two addresses:
+    reachable on the allowed 127.0.0.5, refused on 127.0.0.1."""
+    hits: list[str] = []
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        hits.append(request.host)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str("hello")
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port("127.0.0.5")
+    for host in ("127.0.0.1", "127.0.0.5"):
+        await web.TCPSite(runner, host, port).start()
+    try:
+        for host, outcome in (("127.0.0.1", "error"), ("127.0.0.5", "open")):
+            pages.html(f"/ws-{host}", f"""<!doctype html><title>ws</title><script>
+var s = new WebSocket("ws://{host}:{port}/ws");
+s.onopen = function () {{ document.title = "open"; }};
+s.onerror = function () {{ document.title = "error"; }};
+</script>""")
+            sid = (await api.create(url=pages.url(f"/ws-{host}")))["session_id"]
+            assert await api.wait_title(sid, lambda t: t != "ws") == outcome, host
+            await api.close(sid)
+        assert hits == [f"127.0.0.5:{port}"]
+    finally:
+        await runner.cleanup()

@@ -88,6 +88,8 @@ class PooledProvider:
         self._refill_needed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.extra_args: tuple[str, ...] = ()
+        """Chromium flags the manager adds (the egress proxy's) for local browsers."""
 
     async def start(self) -> None:
         if self._settings.warm_browsers:
@@ -133,7 +135,8 @@ class PooledProvider:
 
     async def _start_one(self, width: int, height: int, scale: float = 1.0) -> BrowserLease:
         s = self._settings
-        extra = s.extra_chrome_args
+        extra = (*s.extra_chrome_args, *self.extra_args) if s.backend == "local" else (
+            s.extra_chrome_args)
         if scale != 1.0:
             extra = (*extra, f"--force-device-scale-factor={scale:g}")
         self._starting += 1

@@ -24,7 +24,8 @@ from redis.exceptions import RedisError
 from jiomosa import metrics
 from jiomosa.browser.driver import BrowserEndpoint, BrowserStartError
 from jiomosa.browser.page import BrowserPage, InputError, NavigationError, Viewport
-from jiomosa.browsers import BrowserProvider, make_provider
+from jiomosa.browsers import BrowserProvider, PooledProvider, make_provider
+from jiomosa.egress import EgressProxy
 from jiomosa.redis_store import RedisStore
 from jiomosa.relay import CLOSED, FRAME, RelayBus, RelayError, decode_frame, encode_frame
 from jiomosa.sessions import (
@@ -69,6 +70,9 @@ class SessionManager:
             RelayBus(settings.redis_url, self.streamer_id, self._handle_rpc) if self.fleet
             else None)
         self.provider: BrowserProvider = make_provider(settings, lambda: len(self.sessions))
+        self.egress: EgressProxy | None = (
+            EgressProxy(self.policy) if settings.backend == "local" and settings.egress_proxy
+            else None)
         self._closed_notifiers: list[Notifier] = []
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -83,6 +87,9 @@ class SessionManager:
         await self._start_store()
         if self.bus is not None:
             await self.bus.start()
+        if self.egress is not None and isinstance(self.provider, PooledProvider):
+            await self.egress.start()
+            self.provider.extra_args = self.egress.chrome_args()
         await self.provider.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="session-ticker")
 
@@ -112,6 +119,8 @@ class SessionManager:
                 await self._ticker
         await self.close_all("server shutdown")
         await self.provider.stop()
+        if self.egress is not None:
+            await self.egress.stop()
         for task in list(self._background) + list(self._relay_tasks.values()):
             task.cancel()
         if self.bus is not None:

@@ -55,6 +55,11 @@ class Settings:
     """``JIOMOSA_ALLOW_HOSTS``: comma-separated host names, IPs or CIDRs exempt from the
     private-network block (e.g. ``127.0.0.1,10.1.0.0/16,intranet.example``)."""
 
+    egress_proxy: bool = True
+    """``JIOMOSA_EGRESS_PROXY``: route every connection of local browsers through the
+    streamer's policy-checking proxy, which also catches the WebSockets a page opens and DNS
+    rebinding (``docs/security.md``); ``0`` turns it off."""
+
     warm_browsers: int = 1
     """``JIOMOSA_WARM_BROWSERS``: browsers kept started and ready so that a new session does
     not wait for Chromium to boot. 0 turns the pool off."""
