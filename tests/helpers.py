@@ -18,7 +18,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import socketio
@@ -176,12 +176,85 @@ class PortTaken(RuntimeError):
     """The process could not bind the port it was given."""
 
 
-class StreamerProcess:
+class ServerProcess:
+    """One of our servers as a real subprocess: started on a fresh port (on another one if a
+    racing process took it first), ready once its health URL answers and ``is_ready`` agrees;
+    its log is kept for diagnosis."""
+
+    name = "server"
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def health_url(self) -> str:
+        raise NotImplementedError
+
+    def is_ready(self, body: bytes) -> bool:
+        return True
+
+    def use_port(self, port: int) -> None:
+        self.port = port
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0) -> Self:
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                # free_port() only found a free port; another process may bind it first.
+                if attempt == 2:
+                    raise
+                self.use_port(free_port())
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> Self:
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_tail()
+                if "address already in use" in tail:
+                    raise PortTaken(tail)
+                raise RuntimeError(f"{self.name} exited: {tail}")
+            try:
+                with urllib.request.urlopen(self.health_url(), timeout=2) as r:
+                    if r.status == 200 and self.is_ready(r.read()):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+class StreamerProcess(ServerProcess):
     """``jiomosa serve`` as a real subprocess with its own settings."""
+
+    name = "streamer"
 
     def __init__(self, env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
             "JIOMOSA_ALLOW_HOSTS": PAGE_HOST,
@@ -191,45 +264,20 @@ class StreamerProcess:
             **(env or {}),
         }
         self.log_path = (log_dir or Path("/tmp")) / f"streamer-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> StreamerProcess:
-        for attempt in range(3):
-            try:
-                return self._start(timeout)
-            except PortTaken:
-                # free_port() only found a free port; another process may bind it first.
-                if attempt == 2:
-                    raise
-                self.port = free_port()
-                self.base = f"http://127.0.0.1:{self.port}"
-        raise AssertionError("unreachable")
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-    def _start(self, timeout: float) -> StreamerProcess:
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jiomosa", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_tail()
-                if "address already in use" in tail:
-                    raise PortTaken(tail)
-                raise RuntimeError(f"streamer exited: {tail}")
-            try:
-                with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
-                    health = json.load(r)
-                if int(self.env["JIOMOSA_WARM_BROWSERS"]) <= health["warm_browsers"]:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"streamer did not become ready: {self.log_tail()}")
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "jiomosa", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port)]
+
+    def health_url(self) -> str:
+        return self.base + "/health"
+
+    def is_ready(self, body: bytes) -> bool:
+        return int(self.env["JIOMOSA_WARM_BROWSERS"]) <= json.loads(body)["warm_browsers"]
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
@@ -246,18 +294,6 @@ class StreamerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.returncode
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def log_records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
 
 
 def descendants(pid: int) -> list[int]:

@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from controlplane import ControlPlane
+from helpers import ServerProcess
 from kubelet import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,16 +107,14 @@ def session_manifest(name: str, ns: str, **spec: Any) -> str:
                        "metadata": {"name": name, "namespace": ns}, "spec": spec})
 
 
-class PortTaken(RuntimeError):
-    """The process could not bind the port it was given."""
-
-
-class OperatorProcess:
+class OperatorProcess(ServerProcess):
     """``jiomosa operator`` as a real process, serving one namespace."""
+
+    name = "operator"
 
     def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path,
                  env: dict[str, str] | None = None) -> None:
-        self.liveness_port = free_port()
+        self.port = free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -128,50 +126,29 @@ class OperatorProcess:
             "JIOMOSA_OPERATOR_POLL_INTERVAL": "0.3",
             "JIOMOSA_OPERATOR_CHECK_INTERVAL": "0.5",
             "JIOMOSA_OPERATOR_LIVENESS_HOST": "127.0.0.1",
-            "JIOMOSA_OPERATOR_LIVENESS_PORT": str(self.liveness_port),
+            "JIOMOSA_OPERATOR_LIVENESS_PORT": str(self.port),
             **(env or {}),
         }
         self.log_dir = log_dir
-        self.log_path = log_dir / f"operator-{self.liveness_port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = log_dir / f"operator-{self.port}.log"
+
+    @property
+    def liveness_port(self) -> int:
+        return self.port
 
     @property
     def liveness_url(self) -> str:
-        return f"http://127.0.0.1:{self.liveness_port}/healthz"
+        return f"http://127.0.0.1:{self.port}/healthz"
 
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
-        for attempt in range(3):
-            try:
-                return self._start(timeout)
-            except PortTaken:
-                # free_port() only found a free port; another process may bind it first.
-                if attempt == 2:
-                    raise
-                self.liveness_port = free_port()
-                self.env["JIOMOSA_OPERATOR_LIVENESS_PORT"] = str(self.liveness_port)
-        raise AssertionError("unreachable")
+    def use_port(self, port: int) -> None:
+        self.port = port
+        self.env["JIOMOSA_OPERATOR_LIVENESS_PORT"] = str(port)
 
-    def _start(self, timeout: float) -> OperatorProcess:
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jiomosa", "operator"], env=self.env, stdout=log,
-            stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_tail()
-                if "address already in use" in tail:
-                    raise PortTaken(tail)
-                raise RuntimeError(f"operator exited: {tail}")
-            try:
-                with urllib.request.urlopen(self.liveness_url, timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"operator did not become live: {self.log_tail()}")
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "jiomosa", "operator"]
+
+    def health_url(self) -> str:
+        return self.liveness_url
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
@@ -192,16 +169,3 @@ class OperatorProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def log_records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
