@@ -94,6 +94,7 @@ class InputError(ValueError):
     """An input event could not be applied; the message is safe to show to clients."""
 
 
+STALE_WINDOW = 2.0  # seconds after a viewport change in which wrong-sized frames are dropped
 FRAME_AFTER_LOAD_WAIT = 1.0  # seconds; a page that never paints does not hold a load forever
 
 FrameCallback = Callable[[bytes, dict[str, Any]], None]
@@ -130,6 +131,8 @@ class BrowserPage:
         self.last_frame_meta: dict[str, Any] = {}
         self.last_frame_size: tuple[int, int] = (viewport.frame_width, viewport.frame_height)
         self.blocked_requests = 0
+        self._viewport_changed = 0.0
+        self._refreshing = False
 
     # ----------------------------------------------------------------- attach / detach
     @classmethod
@@ -194,6 +197,7 @@ class BrowserPage:
     # ----------------------------------------------------------------- viewport
     async def apply_viewport(self, viewport: Viewport) -> None:
         self.viewport = viewport
+        self._viewport_changed = time.monotonic()
         sid = self._sid
         calls = [
             self._conn.send(
@@ -285,6 +289,14 @@ class BrowserPage:
         except (KeyError, ValueError):
             return
         meta = params.get("metadata", {})
+        if self._stale(meta):
+            if not self._refreshing:
+                # An unchanging page sends no next frame by itself: ask for one.
+                self._refreshing = True
+                task = asyncio.create_task(self._refresh(), name="stale-refresh")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return
         self.last_frame_meta = meta
         if self._on_frame is not None:
             self._on_frame(jpeg, meta)
@@ -292,6 +304,27 @@ class BrowserPage:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _stale(self, meta: dict[str, Any]) -> bool:
+        """A frame painted before the viewport override took effect (the screencast may start
+        with the compositor's previous frame): drop it rather than show the wrong size. Only
+        right after a change, so that a page whose metrics differ is never starved."""
+        if time.monotonic() - self._viewport_changed > STALE_WINDOW:
+            return False
+        width, height = meta.get("deviceWidth"), meta.get("deviceHeight")
+        if not isinstance(width, int | float) or not isinstance(height, int | float):
+            return False
+        return (abs(width - self.viewport.width) > 1
+                or abs(height - self.viewport.height) > 1)
+
+    async def _refresh(self) -> None:
+        try:
+            await asyncio.sleep(0.05)
+            await self.force_frame()
+        except CDPError:
+            pass
+        finally:
+            self._refreshing = False
 
     async def next_frame(self, timeout: float) -> bool:
         """Wait for the next screencast frame; False if none came within ``timeout``."""
