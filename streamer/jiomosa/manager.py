@@ -298,7 +298,6 @@ class SessionManager:
         if session.state in ("closing", "closed"):
             return True
         session.state = "closing"
-        session.close_reason = reason
         session.log.info("closing session: %s", reason)
         await self._notify_closed(session, reason)
         await self._discard(session)
@@ -323,7 +322,6 @@ class SessionManager:
         await self._forget(session.id)
         await session.hub.close()
         await self._release(session, quit_browser=True)
-        session.ended.set()
         self.provider.request_refill()
 
     async def _forget(self, session_id: str) -> None:
@@ -403,7 +401,6 @@ class SessionManager:
         await self._release(session, quit_browser=True)
         await self._save(session)
         metrics.SESSIONS_CLOSED.labels("failed").inc()
-        session.ended.set()
         # Keep the failed session visible for a while so that clients learn what happened.
         await asyncio.sleep(FAILED_RETENTION)
         if self.sessions.get(session.id) is session:

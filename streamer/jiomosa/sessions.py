@@ -61,7 +61,6 @@ class Session:
         self.last_activity = self.created_at
         self.state = "starting"
         self.error: str | None = None
-        self.close_reason: str | None = None
         self.page: BrowserPage | None = None
         self.lease: BrowserLease | None = None
         # A streamer that takes a session over keeps the hub its clients already watch.
@@ -74,7 +73,6 @@ class Session:
         """Id of the streamer driving this session (this one)."""
         self.relay_active = False
         """Some other streamer mirrors this session's frames (checked once a second)."""
-        self.ended = asyncio.Event()
 
     # --------------------------------------------------------------- views
     def touch(self) -> None:

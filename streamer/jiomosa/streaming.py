@@ -99,7 +99,6 @@ class FrameHub:
         self.subscribers: dict[str, Subscriber] = {}
         self._variants: dict[tuple[int, str], asyncio.Future[bytes]] = {}
         self._new_frame = asyncio.Event()
-        self.frames_captured = 0
         self.closed = False
         self.last_used = time.monotonic()
         """When a client last read from the hub (long-polls and snapshots count)."""
@@ -115,7 +114,6 @@ class FrameHub:
             return None
         seq = self.latest.seq + 1 if self.latest else self._first_seq
         frame = Frame(seq, jpeg, width, height, quality or self.source_quality, time.time())
-        self.frames_captured += 1
         metrics.FRAMES_CAPTURED.inc()
         self.publish_frame(frame)
         return frame
@@ -219,7 +217,6 @@ class Subscriber:
         self.sent_seq = 0
         self.frames_sent = 0
         self.frames_skipped = 0
-        self.bytes_sent = 0
         self.throughput_bps = 0.0
         self._send_times: deque[float] = deque(maxlen=128)
         self._congested: deque[float] = deque(maxlen=16)
@@ -301,7 +298,6 @@ class Subscriber:
             self._tat = max(self._tat, emit_at) + interval
             self.sent_seq = frame.seq
             self.frames_sent += 1
-            self.bytes_sent += len(image)
             self._send_times.append(emit_at)
             metrics.FRAMES_DELIVERED.labels(self.transport.name).inc()
             metrics.BYTES_SENT.labels(self.transport.name).inc(len(image))

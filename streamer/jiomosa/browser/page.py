@@ -375,15 +375,6 @@ class BrowserPage:
         target = info.get("targetInfo", {})
         return {"title": target.get("title", ""), "url": target.get("url", "")}
 
-    async def evaluate(self, expression: str) -> Any:
-        """Run JavaScript in the page and return its JSON value (tests and diagnostics)."""
-        result = await self._conn.send(
-            "Runtime.evaluate",
-            {"expression": expression, "returnByValue": True, "awaitPromise": True},
-            session_id=self._sid,
-        )
-        return result.get("result", {}).get("value")
-
     # ----------------------------------------------------------------- input
     def frame_to_css(self, x: float, y: float) -> tuple[float, float]:
         """Map a point in frame pixels to CSS pixels of the viewport."""
