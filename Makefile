@@ -36,6 +36,7 @@ run: setup
 lint: venv
 	$(VENV)/bin/ruff check streamer operator tests bench tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: setup lint controlplane
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import RedisServer
 
-from jiomosa.redis_store import RedisStore
-from jiomosa.store import MemoryStore, SessionRecord, Store
+from jiomosa.fleet.redis_store import RedisStore
+from jiomosa.fleet.store import MemoryStore, SessionRecord, Store
 
 
 @pytest.fixture(params=["memory", "redis"])

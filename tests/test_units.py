@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import ipaddress
@@ -11,10 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jiomosa import validation as v
-from jiomosa.settings import Settings, SettingsError, env_var
-from jiomosa.streaming import FrameHub, jpeg_size, reencode
-from jiomosa.urlpolicy import UrlPolicy, UrlRejected
+from jiomosa.core import validation as v
+from jiomosa.core.settings import Settings, SettingsError, env_var
+from jiomosa.core.types import jpeg_size
+from jiomosa.core.urlpolicy import UrlPolicy, UrlRejected
+from jiomosa.frames.hub import reencode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,24 +109,6 @@ def test_jpeg_size_reads_the_header() -> None:
     assert jpeg_size(_jpeg(321, 123)) == (321, 123)
     with pytest.raises(ValueError):
         jpeg_size(b"not a jpeg at all")
-
-
-async def test_hub_variants_are_shared_and_reencoded() -> None:
-    hub = FrameHub("s", 80)
-    frame = hub.publish(_jpeg(64, 48, 80))
-    assert frame is not None and frame.seq == 1
-    same = await hub.image(frame, 90)
-    assert same is frame.jpeg  # never re-encoded upwards
-    low_a, low_b = await asyncio.gather(hub.image(frame, 20), hub.image(frame, 20))
-    assert low_a is low_b and jpeg_size(low_a) == (64, 48)
-    b64 = await hub.image(frame, 80, "base64")
-    assert b64.startswith(b"data:image/jpeg;base64,")
-    assert hub.publish(b"garbage") is None
-    assert hub.publish(frame.jpeg) is None  # an identical repaint is no new frame
-    assert hub.latest is frame
-    assert (await hub.wait_newer(1, 0.05)) is None
-    newer = hub.publish(_jpeg(64, 48, color=(10, 200, 10)))
-    assert newer is not None and (await hub.wait_newer(1, 0.05)) is newer
 
 
 def test_reencode_lowers_size() -> None:

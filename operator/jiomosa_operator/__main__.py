@@ -1,7 +1,7 @@
 import sys
 
 from jiomosa import logs
-from jiomosa.settings import Settings
+from jiomosa.core.settings import Settings
 from jiomosa_operator.main import main
 
 settings = Settings.from_env()

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jiomosa.browser import driver
-from jiomosa.browser.driver import BrowserEndpoint, BrowserStartError
-from jiomosa.browser.page import BrowserPage, Viewport
-from jiomosa.urlpolicy import UrlPolicy
+from jiomosa.browser.page import BrowserPage
+from jiomosa.core.types import BrowserEndpoint, BrowserStartError, Viewport
+from jiomosa.core.urlpolicy import UrlPolicy
 from jiomosa_operator.builders import stray_sessions
 
 log = logging.getLogger(__name__)

@@ -1,20 +1,20 @@
 """Pure builders and judgements: every manifest the operator writes and every decision it takes
 about a pod or a session, as functions of plain data. No I/O here; tested by dict equality
-without a cluster (tests/operator/test_builders.py)."""
+without a cluster (tests/operator/test_operator_builders.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from jiomosa.browser.page import Viewport
-from jiomosa_operator import model
+from jiomosa.core.types import Viewport
+from jiomosa.k8s import model
+from jiomosa.k8s.model import fmt_time, parse_time
 from jiomosa_operator.settings import OperatorSettings
 
 # Waiting reasons of a container that will not get better by waiting: the session fails at once.
@@ -38,34 +38,6 @@ SESSION_TIMEOUT_UNLIMITED = 7 * 24 * 3600
 
 class SpecError(ValueError):
     """The spec cannot be run (the schema normally rejects it first)."""
-
-
-# ----------------------------------------------------------------------------- time
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def fmt_time(moment: datetime) -> str:
-    """RFC 3339 in UTC, second precision (Kubernetes' own format)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 time (or Unix seconds), or None when absent or unreadable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(value), UTC) if math.isfinite(value) else None
-    text = str(value).strip()
-    try:
-        return datetime.fromtimestamp(float(text), UTC)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 # ----------------------------------------------------------------------------- the spec

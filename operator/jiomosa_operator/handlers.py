@@ -24,10 +24,13 @@ from typing import Any
 import kopf
 
 from jiomosa.browser.cdp import CDPError
-from jiomosa.browser.driver import BrowserEndpoint, BrowserStartError
 from jiomosa.browser.page import NavigationError
-from jiomosa.urlpolicy import UrlPolicy, UrlRejected
-from jiomosa_operator import browser, model
+from jiomosa.core.types import BrowserEndpoint, BrowserStartError
+from jiomosa.core.urlpolicy import UrlPolicy, UrlRejected
+from jiomosa.k8s import model
+from jiomosa.k8s.api import ApiError, KubeApi, pod_path, session_path
+from jiomosa.k8s.model import fmt_time, parse_time, utcnow
+from jiomosa_operator import browser
 from jiomosa_operator.builders import (
     PodState,
     SessionSpec,
@@ -35,18 +38,14 @@ from jiomosa_operator.builders import (
     build_pod,
     endpoints_status,
     expiry,
-    fmt_time,
     is_transition,
     last_activity,
-    parse_time,
     phase_status,
     pod_name,
     pod_state,
     set_condition,
-    utcnow,
     webdriver_url,
 )
-from jiomosa_operator.kube import ApiError, KubeApi, pod_path, session_path
 from jiomosa_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)

@@ -1,38 +1,112 @@
-"""The streamer's aiohttp application: REST, Socket.IO, metrics and the web page."""
+"""The composition root: the streamer's aiohttp application, assembled from its parts.
+
+Only here are the parts chosen: the browser provider (``JIOMOSA_BACKEND``), the egress proxy
+local browsers must use, and the session manager: the single-host one, or the fleet's
+(``JIOMOSA_STORE=redis``), which plugs Redis, the relay and hand-off in from outside.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from jiomosa import api, metrics, plainws, webapp
-from jiomosa.appkeys import MANAGER, SETTINGS, STREAMS
-from jiomosa.manager import SessionManager
-from jiomosa.settings import Settings
-from jiomosa.sio import StreamServer
+from jiomosa import metrics
+from jiomosa.appkeys import MANAGER, SETTINGS
+from jiomosa.browser.egress import EgressProxy
+from jiomosa.browser.page import BrowserPage
+from jiomosa.core.settings import Settings
+from jiomosa.core.urlpolicy import UrlPolicy
+from jiomosa.providers.base import BrowserProvider
+from jiomosa.providers.pooled import PooledProvider
+from jiomosa.sessions.manager import SessionManager
+from jiomosa.transports import rest, webapp
+from jiomosa.transports.plainws import PATH as PLAIN_WS_PATH
+from jiomosa.transports.plainws import PlainStreams
+from jiomosa.transports.sio import StreamServer
 
 log = logging.getLogger(__name__)
+
+STREAMS = web.AppKey("streams", StreamServer)
+PLAIN_STREAMS = web.AppKey("plain_streams", PlainStreams)
+EGRESS = web.AppKey("egress", EgressProxy)
+
+
+def make_provider(settings: Settings, in_use: Callable[[], int]) -> BrowserProvider:
+    """The provider of ``settings.backend``."""
+    if settings.backend == "kubernetes":
+        from jiomosa.providers.kubernetes import KubernetesProvider
+
+        return KubernetesProvider(settings)
+    return PooledProvider(settings, in_use)
+
+
+def make_manager(settings: Settings) -> SessionManager:
+    """The single-host session manager, or the fleet's when the store is Redis."""
+    policy = UrlPolicy.from_allow_list(settings.allow_hosts)
+    streamer_id = settings.streamer_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+    def in_use() -> int:
+        return len(manager.sessions)
+
+    provider = make_provider(settings, in_use)
+    manager: SessionManager
+    if settings.store == "redis":
+        from jiomosa.fleet.coordinator import FleetManager
+        from jiomosa.fleet.redis_store import RedisStore
+        from jiomosa.fleet.relay import RelayBus
+
+        manager = FleetManager(settings, provider, policy, BrowserPage.attach,
+                               RedisStore(settings.redis_url),
+                               RelayBus(settings.redis_url, streamer_id), streamer_id)
+    else:
+        manager = SessionManager(settings, provider, policy, BrowserPage.attach, streamer_id)
+    return manager
 
 
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[_cors(settings), api.error_middleware],
+        middlewares=[_cors(settings), rest.error_middleware],
         client_max_size=settings.max_body_bytes,
     )
-    manager = SessionManager(settings)
+    manager = make_manager(settings)
     streams = StreamServer(settings, manager)
+    plain = PlainStreams(settings, manager)
     app[SETTINGS] = settings
     app[MANAGER] = manager
     app[STREAMS] = streams
+    app[PLAIN_STREAMS] = plain
     streams.attach(app)
-    app.add_routes(api.routes)
-    app.cleanup_ctx.append(_manager_ctx)
-    app.on_shutdown.append(_on_shutdown)
-    plainws.setup(app)  # after _on_shutdown: sessions close (and tell clients) first
+    app.add_routes(rest.routes)
+    app.router.add_get(PLAIN_WS_PATH, plain.handle)
     webapp.setup(app)
+    app.cleanup_ctx.append(_egress_ctx)
+    app.cleanup_ctx.append(_manager_ctx)
+    # Sessions are handed to the fleet or closed (their clients get session:closed) before
+    # the sockets go.
+    app.on_shutdown.append(_on_shutdown)
     return app
+
+
+async def _egress_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Local browsers reach the web only through the egress proxy (docs/security.md)."""
+    settings, manager = app[SETTINGS], app[MANAGER]
+    provider = manager.provider
+    if settings.backend != "local" or not settings.egress_proxy or not isinstance(
+            provider, PooledProvider):
+        yield
+        return
+    egress = EgressProxy(manager.policy)
+    await egress.start()
+    provider.extra_args = egress.chrome_args()
+    app[EGRESS] = egress
+    try:
+        yield
+    finally:
+        await egress.stop()
 
 
 async def _manager_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,10 +125,9 @@ async def _manager_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    # Sessions are handed to the fleet or closed (their clients get session:closed) before
-    # the sockets go.
     await app[MANAGER].shutdown()
     await app[STREAMS].shutdown()
+    await app[PLAIN_STREAMS].shutdown()
 
 
 def _cors(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -1,13 +1,11 @@
-"""Typed keys of the aiohttp application's state."""
+"""Typed keys of the aiohttp application's state that request handlers read."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from jiomosa.manager import SessionManager
-from jiomosa.settings import Settings
-from jiomosa.sio import StreamServer
+from jiomosa.core.settings import Settings
+from jiomosa.sessions.manager import SessionManager
 
 SETTINGS = web.AppKey("settings", Settings)
 MANAGER = web.AppKey("manager", SessionManager)
-STREAMS = web.AppKey("streams", StreamServer)

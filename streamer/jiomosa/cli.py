@@ -8,7 +8,7 @@ import sys
 from aiohttp import web
 
 from jiomosa import __version__, logs
-from jiomosa.settings import Settings, SettingsError
+from jiomosa.core.settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:

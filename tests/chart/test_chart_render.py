@@ -326,7 +326,7 @@ def test_rbac_is_least_privilege() -> None:
 
 # ----------------------------------------------------------------------------- streamer
 def streamer_settings_of(env: dict[str, str]) -> Any:
-    from jiomosa.settings import Settings, env_var
+    from jiomosa.core.settings import Settings, env_var
 
     known = {env_var(f) for f in Settings.__dataclass_fields__}
     unknown = {k for k in env if k not in known}

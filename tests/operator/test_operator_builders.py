@@ -14,17 +14,17 @@ import pytest
 import yaml
 from op_harness import CRD, ROOT
 
-from jiomosa.browser.driver import BrowserEndpoint
-from jiomosa.browser.page import Viewport
-from jiomosa.kube_backend import (
+from jiomosa.core.settings import Settings
+from jiomosa.core.types import BrowserEndpoint, Viewport
+from jiomosa.k8s import model
+from jiomosa.k8s.model import parse_time
+from jiomosa.providers.kubernetes import (
     KubeLease,
     endpoint_of,
     session_manifest,
     streamer_made,
     viewport_of,
 )
-from jiomosa.settings import Settings
-from jiomosa_operator import model
 from jiomosa_operator.builders import (
     PodState,
     SessionSpec,
@@ -34,7 +34,6 @@ from jiomosa_operator.builders import (
     expiry,
     last_activity,
     normalize_cdp_url,
-    parse_time,
     phase_status,
     pod_name,
     pod_state,

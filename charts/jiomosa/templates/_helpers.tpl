@@ -138,7 +138,7 @@ rendered. Cluster-wide: the sessions namespace and any watchNamespaces listed.
 {{- end }}
 {{- end }}
 
-{{/* Labels of the browser pods the operator creates (jiomosa_operator/model.py). */}}
+{{/* Labels of the browser pods the operator creates (streamer/jiomosa/k8s/model.py). */}}
 {{- define "jiomosa.browserPodLabels" -}}
 app.kubernetes.io/name: jiomosa-browser
 app.kubernetes.io/managed-by: jiomosa-operator
@@ -221,7 +221,7 @@ shows the lifecycle passing without, and failing without the CRD rule).
 {{- end }}
 
 {{/*
-RBAC rules of a streamer with backend kubernetes (streamer/jiomosa/kube_backend.py): create a
+RBAC rules of a streamer with backend kubernetes (streamer/jiomosa/providers/kubernetes.py): create a
 BrowserSession per session, read one (by name, or all to list them), patch its activity
 annotation, delete it at close. No watch: the streamer polls a starting session.
 */}}

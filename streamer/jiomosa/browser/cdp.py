@@ -18,13 +18,19 @@ from typing import Any
 
 import aiohttp
 
+from jiomosa.core.errors import ClientError
+
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], None]
 
 
-class CDPError(RuntimeError):
-    """A CDP command failed, or the connection is gone."""
+class CDPError(ClientError):
+    """A CDP command failed, or the connection is gone. Clients are told only that the browser
+    did not answer: the CDP message names internals."""
+
+    status = 502
+    public_message = "the browser did not answer"
 
 
 class CDPConnectionClosed(CDPError):
@@ -60,11 +66,6 @@ class CDPConnection:
     def on(self, method: str, handler: EventHandler, session_id: str | None = None) -> None:
         """Call ``handler(params)`` for every ``method`` event of ``session_id``."""
         self._listeners.setdefault((session_id, method), []).append(handler)
-
-    def off_session(self, session_id: str) -> None:
-        """Drop every listener of one flattened session."""
-        for key in [k for k in self._listeners if k[0] == session_id]:
-            del self._listeners[key]
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._close_callbacks.append(callback)

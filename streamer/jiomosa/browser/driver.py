@@ -10,12 +10,13 @@ import json
 import logging
 import urllib.parse
 import urllib.request
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+
+from jiomosa.core.types import BrowserEndpoint, BrowserStartError
 
 log = logging.getLogger(__name__)
 
@@ -51,33 +52,6 @@ CHROME_ARGS: tuple[str, ...] = (
     "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,"
     "CalculateNativeWinOcclusion,InterestFeedContentSuggestions,PrivacySandboxSettings4",
 )
-
-
-class BrowserStartError(RuntimeError):
-    """The browser could not be started; the message is safe to show to clients."""
-
-
-@dataclass(frozen=True)
-class BrowserEndpoint:
-    """How to reach a running browser. Plain data: it is stored in the session registry so that
-    any streamer (or the operator) can attach to the browser or quit it."""
-
-    kind: str
-    """``local``, ``grid`` or ``kubernetes``."""
-    cdp_url: str
-    """Browser-level DevTools websocket URL."""
-    webdriver_url: str = ""
-    """WebDriver endpoint that owns the browser (chromedriver or Grid)."""
-    webdriver_session_id: str = ""
-    """The WebDriver session id, for quitting the browser over plain HTTP."""
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BrowserEndpoint:
-        return cls(**{k: str(data.get(k, "")) for k in ("kind", "cdp_url", "webdriver_url",
-                                                          "webdriver_session_id")})
 
 
 def chrome_options(

@@ -12,92 +12,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from jiomosa.browser.cdp import CDPConnection, CDPError
-from jiomosa.urlpolicy import UrlPolicy, UrlRejected
+from jiomosa.browser.fetchguard import RequestGuard
+from jiomosa.core.errors import ClientError
+from jiomosa.core.tasks import TaskSet
+from jiomosa.core.types import KEYS, Viewport, jpeg_size
+from jiomosa.core.urlpolicy import UrlPolicy, UrlRejected
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Viewport:
-    """What the page is emulated as. Sizes are CSS pixels."""
-
-    width: int = 1280
-    height: int = 720
-    device_scale_factor: float = 1.0
-    mobile: bool = False
-    user_agent: str = ""
-
-    @property
-    def frame_width(self) -> int:
-        return max(1, round(self.width * self.device_scale_factor))
-
-    @property
-    def frame_height(self) -> int:
-        return max(1, round(self.height * self.device_scale_factor))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Viewport:
-        return cls(int(data.get("width", 1280)), int(data.get("height", 720)),
-                   float(data.get("deviceScaleFactor", 1.0)), bool(data.get("mobile", False)),
-                   str(data.get("userAgent", "")))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "width": self.width,
-            "height": self.height,
-            "deviceScaleFactor": self.device_scale_factor,
-            "mobile": self.mobile,
-            "userAgent": self.user_agent,
-        }
-
-
-@dataclass(frozen=True)
-class KeySpec:
-    key: str
-    code: str
-    key_code: int
-    text: str = ""
-
-
-KEYS: dict[str, KeySpec] = {
-    "Enter": KeySpec("Enter", "Enter", 13, "\r"),
-    "Backspace": KeySpec("Backspace", "Backspace", 8),
-    "Tab": KeySpec("Tab", "Tab", 9),
-    "Escape": KeySpec("Escape", "Escape", 27),
-    "Delete": KeySpec("Delete", "Delete", 46),
-    "ArrowUp": KeySpec("ArrowUp", "ArrowUp", 38),
-    "ArrowDown": KeySpec("ArrowDown", "ArrowDown", 40),
-    "ArrowLeft": KeySpec("ArrowLeft", "ArrowLeft", 37),
-    "ArrowRight": KeySpec("ArrowRight", "ArrowRight", 39),
-    "Home": KeySpec("Home", "Home", 36),
-    "End": KeySpec("End", "End", 35),
-    "PageUp": KeySpec("PageUp", "PageUp", 33),
-    "PageDown": KeySpec("PageDown", "PageDown", 34),
-    "Space": KeySpec(" ", "Space", 32, " "),
-}
-KEYS[" "] = KEYS["Space"]
-
-
-class NavigationError(RuntimeError):
+class NavigationError(ClientError):
     """The page could not be loaded; the message is safe to show to clients."""
 
+    status = 502
 
-class InputError(ValueError):
+
+class InputError(ClientError, ValueError):
     """An input event could not be applied; the message is safe to show to clients."""
 
 
 STALE_WINDOW = 2.0  # seconds after a viewport change in which wrong-sized frames are dropped
 FRAME_AFTER_LOAD_WAIT = 1.0  # seconds; a page that never paints does not hold a load forever
 
-FrameCallback = Callable[[bytes, dict[str, Any]], None]
+FrameCallback = Callable[[bytes, int, int], object]
+"""Called with each screencast JPEG and its width and height in pixels."""
 
 
 class BrowserPage:
@@ -123,8 +66,7 @@ class BrowserPage:
         self._screencasting = False
         self._load_waiters: list[asyncio.Future[None]] = []
         self._frame_waiters: list[asyncio.Future[None]] = []
-        self._host_verdicts: dict[str, tuple[bool, float]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("page")
         self.gone_reason: str | None = None
         self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(log, {})
         """Where this page logs; owners add context (e.g. the session id)."""
@@ -167,12 +109,9 @@ class BrowserPage:
         conn.on("Target.detachedFromTarget", self._handle_detached)
         conn.on("Target.targetDestroyed", self._handle_destroyed)
         conn.on("Target.targetCreated", self._handle_target_created)
-        conn.on("Fetch.requestPaused", self._handle_request_paused)
         conn.on_close(lambda: self._gone("browser connection closed"))
         # Browser-wide interception: covers the page, its out-of-process iframes and workers.
-        await conn.send(
-            "Fetch.enable", {"patterns": [{"urlPattern": "*", "requestStage": "Request"}]}
-        )
+        await RequestGuard(conn, self._policy, self._tasks, self._blocked).enable()
         await conn.send("Target.setDiscoverTargets", {"discover": True})
         await asyncio.gather(
             conn.send("Page.enable", session_id=sid),
@@ -182,17 +121,12 @@ class BrowserPage:
 
     async def close(self) -> None:
         """Stop the screencast and disconnect (the browser itself keeps running)."""
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()
         await self._conn.close()
 
     def on_gone(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` once when the page or browser disappears."""
         self._on_gone.append(callback)
-
-    @property
-    def alive(self) -> bool:
-        return self.gone_reason is None
 
     # ----------------------------------------------------------------- viewport
     async def apply_viewport(self, viewport: Viewport) -> None:
@@ -293,13 +227,16 @@ class BrowserPage:
             if not self._refreshing:
                 # An unchanging page sends no next frame by itself: ask for one.
                 self._refreshing = True
-                task = asyncio.create_task(self._refresh(), name="stale-refresh")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._tasks.spawn(self._refresh(), "stale-refresh")
+            return
+        try:
+            width, height = jpeg_size(jpeg)
+        except ValueError:
             return
         self.last_frame_meta = meta
+        self.last_frame_size = (width, height)
         if self._on_frame is not None:
-            self._on_frame(jpeg, meta)
+            self._on_frame(jpeg, width, height)
         waiters, self._frame_waiters = self._frame_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -439,57 +376,16 @@ class BrowserPage:
     async def insert_text(self, text: str) -> None:
         await self._conn.send("Input.insertText", {"text": text}, self._sid)
 
-    # ----------------------------------------------------------------- URL policy in the browser
-    def _handle_request_paused(self, params: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._decide(params), name="url-policy")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _decide(self, params: dict[str, Any]) -> None:
-        request_id = params.get("requestId")
-        url = str(params.get("request", {}).get("url", ""))
-        allowed = await self._url_allowed(url)
-        try:
-            if allowed:
-                await self._conn.send("Fetch.continueRequest", {"requestId": request_id})
-            else:
-                self.blocked_requests += 1
-                self.log.info("blocked request to %s", _redact(url))
-                await self._conn.send(
-                    "Fetch.failRequest", {"requestId": request_id, "errorReason": "BlockedByClient"}
-                )
-        except CDPError:
-            pass  # the request went away (page navigated, browser closed)
-
-    async def _url_allowed(self, url: str) -> bool:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme in ("data", "blob", "about", "chrome-extension", "devtools"):
-            return True
-        try:
-            _, host = self._policy.check_syntax(url)
-        except UrlRejected:
-            return False
-        now = time.monotonic()
-        cached = self._host_verdicts.get(host)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        try:
-            await self._policy.check(url)
-            verdict = True
-        except UrlRejected:
-            verdict = False
-        # A short cache: subresources of one page come in bursts from few hosts.
-        self._host_verdicts[host] = (verdict, now + 10.0)
-        return verdict
+    def _blocked(self, url: str) -> None:
+        self.blocked_requests += 1
+        self.log.info("blocked request to %s", url)
 
     # ----------------------------------------------------------------- popups and death
     def _handle_target_created(self, params: dict[str, Any]) -> None:
         info = params.get("targetInfo", {})
         if info.get("type") == "page" and info.get("openerId") == self.target_id:
             # The device shows one page: a popup or target=_blank link replaces it.
-            task = asyncio.create_task(self._adopt_popup(info["targetId"]), name="popup")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._adopt_popup(info["targetId"]), "popup")
 
     async def _adopt_popup(self, target_id: str) -> None:
         url = ""
@@ -529,17 +425,3 @@ class BrowserPage:
             except Exception:
                 self.log.exception("page gone callback failed")
 
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path[:64]}"
-
-
-def finite(value: Any, name: str) -> float:
-    """Read a JSON number (not bool, not NaN/inf) or raise InputError."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{name} must be a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise InputError(f"{name} must be finite")
-    return number

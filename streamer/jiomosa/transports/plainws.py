@@ -20,23 +20,20 @@ import logging
 import secrets
 import socket
 import struct
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from jiomosa import control
-from jiomosa import validation as v
-from jiomosa.api import error as http_error
-from jiomosa.appkeys import MANAGER, SETTINGS
-from jiomosa.browser.cdp import CDPError
-from jiomosa.browser.page import InputError
-from jiomosa.manager import SessionManager
-from jiomosa.sessions import AnySession, SessionError
-from jiomosa.settings import Settings
-from jiomosa.streaming import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY, Frame, Subscriber
-from jiomosa.urlpolicy import UrlRejected
+from jiomosa.core import validation as v
+from jiomosa.core.errors import ClientError, status_of
+from jiomosa.core.settings import Settings
+from jiomosa.core.tasks import TaskSet
+from jiomosa.core.types import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY
+from jiomosa.frames.hub import Frame
+from jiomosa.frames.pacer import Subscriber
+from jiomosa.sessions.manager import SessionManager
+from jiomosa.sessions.session import Session
+from jiomosa.transports import events
 
 log = logging.getLogger(__name__)
 
@@ -120,23 +117,27 @@ def _ignore_result(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-EventHandler = Callable[["PlainClient", Any], Awaitable[None]]
-
-
 class PlainClient:
-    """One plain-WebSocket connection, bound to one session."""
+    """One plain-WebSocket connection (``events.ClientChannel``), bound to one session."""
 
-    def __init__(self, server: PlainStreams, ws: web.WebSocketResponse, session: AnySession,
+    def __init__(self, server: PlainStreams, ws: web.WebSocketResponse, session: Session,
                  transport: asyncio.Transport | None) -> None:
         self.id = "ws-" + secrets.token_hex(8)
-        self.server = server
+        self.settings = server.settings
         self.ws = ws
         self.session = session
-        self.transport = WebSocketTransport(ws, transport)
+        self._transport = WebSocketTransport(ws, transport)
+        self.default_encoding = "binary"
+        self.subscribe_extra: dict[str, Any] = {"frame_header": {
+            "magic": FRAME_MAGIC.decode(), "version": FRAME_VERSION, "size": FRAME_HEADER.size}}
         self.sub: Subscriber | None = None
+        self.subscribed_to: Session | None = None
         self._reply_id: Any = None
 
-    # --------------------------------------------------------------- sending
+    @property
+    def transport(self) -> WebSocketTransport:
+        return self._transport
+
     async def send(self, event: str, data: Any, reply: bool = True) -> None:
         envelope: dict[str, Any] = {"event": event, "data": data}
         if reply and self._reply_id is not None:
@@ -146,137 +147,43 @@ class PlainClient:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.send_str(json.dumps(envelope, separators=(",", ":")))
 
-    async def error(self, message: str, event: str | None) -> None:
-        data: dict[str, Any] = {"message": message}
-        if event is not None:
-            data["event"] = event
-        await self.send("error", data)
+    async def target(self, payload: dict[str, Any]) -> Session:
+        wanted = v.string(payload, "session_id", 128, required=False)
+        if wanted is not None and wanted != self.session.id:
+            raise v.BadRequest("this connection streams the session in its path; open "
+                               f"{PATH.replace('{session_id}', '<id>')} for another one")
+        if payload.get("encoding", "binary") != "binary":
+            raise v.BadRequest("the plain WebSocket sends binary JPEG frames only")
+        return self.session
 
-    # --------------------------------------------------------------- receiving
+    async def input_session(self) -> Session:
+        # The connection is bound to its session: input works with or without frames.
+        return self.session
+
     async def on_text(self, text: str) -> None:
         self._reply_id = None
         try:
             message = json.loads(text)
         except ValueError:
-            await self.error("message is not valid JSON", None)
+            await self.send("error", {"message": "message is not valid JSON"})
             return
         if not isinstance(message, dict) or not isinstance(message.get("event"), str):
-            await self.error('a message is a JSON object {"event": NAME, "data": {...}}', None)
+            await self.send("error", {
+                "message": 'a message is a JSON object {"event": NAME, "data": {...}}'})
             return
+        event = message["event"]
         reply_id = message.get("id")
         if reply_id is not None and (isinstance(reply_id, bool) or not isinstance(
                 reply_id, int | str) or len(str(reply_id)) > MAX_ID_CHARS):
-            await self.error(f"id must be a number or a string of at most {MAX_ID_CHARS} "
-                             "characters", message["event"])
+            await self.send("error", {
+                "message": f"id must be a number or a string of at most {MAX_ID_CHARS} "
+                           "characters", "event": event[:64]})
             return
         self._reply_id = reply_id
-        event = message["event"]
-        handler = EVENTS.get(event)
-        if handler is None:
-            await self.error(f"unknown event {event[:64]!r}; known: {', '.join(EVENTS)}", event)
-            return
         try:
-            await handler(self, message.get("data"))
-        except (v.BadRequest, InputError, UrlRejected, SessionError) as exc:
-            await self.error(str(exc), event)
-        except CDPError:
-            await self.error("the browser did not answer", event)
-        except Exception:
-            log.exception("plain websocket event %s failed", event)
-            await self.error("internal error", event)
-
-    # --------------------------------------------------------------- subscription
-    def subscription(self) -> Subscriber:
-        if self.sub is None:
-            raise SessionError("not subscribed (send subscribe first)")
-        return self.sub
-
-    async def subscribe(self, options: control.StreamOptions) -> None:
-        session = self.session
-        await self.drop()
-        sub = await control.start_subscriber(self.id, session, self.transport, options,
-                                             self.server.settings, self._quality_changed)
-        await self.send("subscribe:response", {
-            **control.subscribe_response(session, sub),
-            "frame_header": {"magic": FRAME_MAGIC.decode(), "version": FRAME_VERSION,
-                             "size": FRAME_HEADER.size},
-        })
-        await self.send("subscribed", control.subscribed(session))
-        self.sub = sub
-        session.hub.add(sub)  # the current picture goes out at once
-
-    async def drop(self) -> Subscriber | None:
-        sub, self.sub = self.sub, None
-        if sub is not None:
-            await self.session.hub.remove(sub.id)
-            await sub.stop()  # a session's close may have taken it off the hub already
-            self.session.touch()  # idle time counts from the last subscriber leaving
-        return sub
-
-    async def _quality_changed(self, sub: Subscriber, reason: str) -> None:
-        if sub is self.sub:
-            await self.send("quality:updated", control.adaptive_change(sub, reason), reply=False)
-
-
-# ------------------------------------------------------------------- events
-async def _subscribe(client: PlainClient, data: Any) -> None:
-    payload = v.as_object(data)
-    wanted = v.string(payload, "session_id", 128, required=False)
-    if wanted is not None and wanted != client.session.id:
-        raise v.BadRequest("this connection streams the session in its path; open "
-                           f"{PATH.replace('{session_id}', '<id>')} for another one")
-    if payload.get("encoding", "binary") != "binary":
-        raise v.BadRequest("the plain WebSocket sends binary JPEG frames only")
-    await client.subscribe(control.stream_options(payload, client.server.settings))
-
-
-async def _unsubscribe(client: PlainClient, _data: Any) -> None:
-    sub = await client.drop()
-    await client.send("unsubscribed", {"message": "Unsubscribed" if sub else "Not subscribed"})
-
-
-def _input(kind: str) -> EventHandler:
-    async def handle(client: PlainClient, data: Any) -> None:
-        # The connection is bound to its session: input works with or without frames.
-        ack = await client.session.input(kind, data)
-        await client.send("input:acknowledged", ack)
-    return handle
-
-
-async def _quality_set(client: PlainClient, data: Any) -> None:
-    answer = await control.set_quality(client.subscription(), client.session, data,
-                                       client.server.settings)
-    await client.send("quality:updated", answer)
-
-
-async def _fps_set(client: PlainClient, data: Any) -> None:
-    await client.send("fps:updated", control.set_fps(client.subscription(), data))
-
-
-async def _adaptive_toggle(client: PlainClient, data: Any) -> None:
-    await client.send("adaptive:updated", control.toggle_adaptive(client.subscription(), data))
-
-
-async def _ping(client: PlainClient, data: Any) -> None:
-    await client.send("pong", {
-        "echo": data,
-        "server_time": time.time(),
-        "stats": client.sub.stats() if client.sub is not None else None,
-    })
-
-
-EVENTS: dict[str, EventHandler] = {
-    "subscribe": _subscribe,
-    "unsubscribe": _unsubscribe,
-    "input:click": _input("click"),
-    "input:scroll": _input("scroll"),
-    "input:key": _input("key"),
-    "input:text": _input("text"),
-    "quality:set": _quality_set,
-    "fps:set": _fps_set,
-    "adaptive:toggle": _adaptive_toggle,
-    "ping": _ping,
-}
+            await events.dispatch(self, event, message.get("data"))
+        finally:
+            self._reply_id = None
 
 
 # ------------------------------------------------------------------- the server side
@@ -287,20 +194,20 @@ class PlainStreams:
         self.settings = settings
         self.manager = manager
         self.clients: dict[str, PlainClient] = {}
-        self._closing: set[asyncio.Task[Any]] = set()
+        self._closing = TaskSet("plain-websocket")
         manager.on_closed(self._session_closed)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # Everything that can be refused is refused before the upgrade, as a JSON HTTP error.
         session = await self.manager.lookup(request.match_info["session_id"])
         session.ensure_ready()
-        options = control.StreamOptions(
+        options = events.StreamOptions(
             _query_int(request, "fps", MIN_FPS, MAX_FPS) or self.settings.default_fps,
             _query_int(request, "quality", MIN_QUALITY, MAX_QUALITY))
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_body_bytes,
                                    heartbeat=HEARTBEAT, compress=False, timeout=CLOSE_TIMEOUT)
         if not ws.can_prepare(request).ok:
-            return http_error(426, "this path is a WebSocket: send an Upgrade request",
+            raise ClientError("this path is a WebSocket: send an Upgrade request", 426,
                               session_id=session.id)
         await ws.prepare(request)
         _limit_unsent(request.transport)
@@ -309,56 +216,55 @@ class PlainStreams:
         try:
             await client.send("status", {"message": "Connected to Jiomosa",
                                          "type": "connection", "sid": client.id})
-            await client.subscribe(options)
+            await events.subscribe(client, session, options)
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
                     await client.on_text(message.data)
                 elif message.type == WSMsgType.BINARY:
-                    client._reply_id = None
-                    await client.error("binary messages are not accepted; send JSON text", None)
+                    await client.send("error", {
+                        "message": "binary messages are not accepted; send JSON text"})
                 else:  # ERROR: too large, broken framing; aiohttp closes the socket
                     break
-        except (SessionError, v.BadRequest) as exc:
-            await client.error(str(exc), "subscribe")
-            await ws.close(code=1008, message=str(exc)[:100].encode())
+        except ClientError as exc:
+            _, reason, _ = status_of(exc)
+            await client.send("error", {"message": reason, "event": "subscribe"})
+            await ws.close(code=1008, message=reason[:100].encode())
         except ConnectionError:
             pass
         except Exception:
             log.exception("plain websocket client %s failed", client.id)
         finally:
             self.clients.pop(client.id, None)
-            await client.drop()
+            await events.unsubscribe(client)
             client.transport.cancel()
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()
         return ws
 
-    async def _session_closed(self, session: AnySession, reason: str) -> None:
+    async def _session_closed(self, session: Session, reason: str) -> None:
         clients = [c for c in self.clients.values() if c.session.id == session.id]
-        for client in clients:
-            sub, client.sub = client.sub, None
-            if sub is not None:
-                await sub.stop()
         await asyncio.gather(*(self._notify_closed(c, session, reason) for c in clients))
 
-    async def _notify_closed(self, client: PlainClient, session: AnySession, reason: str) -> None:
+    async def _notify_closed(self, client: PlainClient, session: Session, reason: str) -> None:
+        sub, client.sub = client.sub, None
+        if sub is not None:
+            await sub.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.send("session:closed", {
                 "session_id": session.id, "reason": reason}, reply=False), NOTIFY_TIMEOUT)
         # The close handshake waits for the client's answer: not on the session's close path.
         code = 1001 if "shutdown" in reason else 1000
-        task = asyncio.create_task(client.ws.close(code=code, message=b"session closed"))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._closing.spawn(client.ws.close(code=code, message=b"session closed"),
+                            f"ws-close-{client.id}")
 
     async def shutdown(self) -> None:
         clients = list(self.clients.values())
         for client in clients:
-            await client.drop()
+            await events.unsubscribe(client)
         await asyncio.gather(
             *(c.ws.close(code=1001, message=b"server shutdown") for c in clients),
-            *list(self._closing), return_exceptions=True)
+            self._closing.wait(), return_exceptions=True)
 
 
 def _query_int(request: web.Request, name: str, lo: int, hi: int) -> int | None:
@@ -380,18 +286,3 @@ def _limit_unsent(transport: asyncio.BaseTransport | None) -> None:
     if sock is not None and option is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, option, NOT_SENT_LOW_WATER)
-
-
-PLAIN_STREAMS = web.AppKey("plain_streams", PlainStreams)
-
-
-def setup(app: web.Application) -> None:
-    """Register the plain-WebSocket path (app.py calls this once)."""
-    server = PlainStreams(app[SETTINGS], app[MANAGER])
-    app[PLAIN_STREAMS] = server
-    app.router.add_get(PATH, server.handle)
-
-    async def on_shutdown(_app: web.Application) -> None:
-        await server.shutdown()
-
-    app.on_shutdown.append(on_shutdown)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from jiomosa import __version__
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 VERSION_MARK = "__JIOMOSA_VERSION__"
 
 

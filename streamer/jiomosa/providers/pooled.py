@@ -1,5 +1,5 @@
-"""Where sessions get their browsers: started locally or on a Grid, with a warm pool so that a
-new session does not wait for Chromium to boot."""
+"""Browsers started with Selenium, locally or on a Grid, with a warm pool so that a new session
+does not wait for Chromium to boot."""
 
 from __future__ import annotations
 
@@ -7,78 +7,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from jiomosa.browser import driver
 from jiomosa.browser.cdp import CDPConnection
-from jiomosa.browser.driver import BrowserEndpoint, BrowserStartError
-from jiomosa.browser.page import Viewport
-from jiomosa.settings import Settings
+from jiomosa.core.settings import Settings
+from jiomosa.core.types import BrowserEndpoint, BrowserStartError, Viewport
+from jiomosa.providers.base import BrowserLease
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class BrowserLease:
-    """A browser handed to one session. ``release`` quits it."""
-
-    endpoint: BrowserEndpoint
-    _local: driver.LocalBrowser | None = None
-
-    async def release(self) -> None:
-        if self._local is not None:
-            await asyncio.to_thread(self._local.quit)
-        else:
-            await asyncio.to_thread(
-                driver.quit_remote, self.endpoint.webdriver_url, self.endpoint.webdriver_session_id
-            )
-
-    def note_activity(self, at: float) -> None:
-        """The session saw user activity at ``at`` (Unix time); backends that reap idle
-        browsers themselves (kubernetes) are told."""
-
-
-class BrowserProvider(Protocol):
-    """Hands out browsers for new sessions."""
-
-    async def start(self) -> None: ...
-
-    async def acquire(self, width: int, height: int, scale: float = 1.0) -> BrowserLease: ...
-
-    def lease_for(self, endpoint: BrowserEndpoint) -> BrowserLease:
-        """A lease for a browser another streamer started (adoption after failover)."""
-        ...
-
-    def request_refill(self) -> None: ...
-
-    async def find(self, name: str) -> tuple[BrowserLease, Viewport] | None:
-        """A browser the backend knows by ``name`` that no streamer serves (a BrowserSession
-        made with kubectl), or None."""
-        ...
-
-    async def listed(self) -> list[dict[str, Any]]:
-        """Summaries (as ``/api/sessions`` lists them) of such browsers."""
-        ...
-
-    @property
-    def warm(self) -> int: ...
-
-    async def stop(self) -> None: ...
-
-
-def make_provider(settings: Settings, in_use: Callable[[], int]) -> BrowserProvider:
-    """The provider of ``settings.backend``."""
-    if settings.backend == "kubernetes":
-        from jiomosa.kube_backend import KubernetesProvider
-
-        return KubernetesProvider(settings, in_use)
-    return PooledProvider(settings, in_use)
-
-
 class PooledProvider:
-    """Starts browsers with Selenium (local chromedriver or a Grid) and keeps ``warm`` of them
-    ready. ``capacity()`` says how many more browsers may exist at all."""
+    """Starts browsers with Selenium (local chromedriver or a Grid) and keeps
+    ``settings.warm_browsers`` of them ready, within the session capacity (``in_use`` counts the
+    sessions that hold a browser)."""
 
     def __init__(self, settings: Settings, in_use: Callable[[], int]) -> None:
         self._settings = settings

@@ -18,17 +18,16 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from jiomosa.browser.driver import BrowserEndpoint, BrowserStartError
-from jiomosa.browser.page import Viewport
-from jiomosa.browsers import BrowserLease
-from jiomosa.settings import Settings
-from jiomosa_operator import model
-from jiomosa_operator.kube import ApiError, KubeApi, session_path
+from jiomosa.core.settings import Settings
+from jiomosa.core.tasks import TaskSet
+from jiomosa.core.types import BrowserEndpoint, BrowserStartError, Viewport
+from jiomosa.k8s import model
+from jiomosa.k8s.api import ApiError, KubeApi, session_path
+from jiomosa.providers.base import BrowserLease
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +40,12 @@ ENDED = frozenset({model.FAILED, model.EXPIRED, model.TERMINATING})
 
 
 def _rfc3339(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return model.fmt_time(datetime.fromtimestamp(at, UTC))
 
 
 def _epoch(value: Any) -> float:
-    if not value:
-        return 0.0
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+    moment = model.parse_time(value)
+    return moment.timestamp() if moment is not None else 0.0
 
 
 def session_manifest(settings: Settings, width: int, height: int, scale: float,
@@ -106,7 +101,7 @@ class KubeLease(BrowserLease):
     provider: KubernetesProvider | None = None
     name: str = ""
     _reported: float = 0.0
-    _reporting: set[asyncio.Task[None]] = field(default_factory=set)
+    _reporting: TaskSet = field(default_factory=lambda: TaskSet("activity-reports"))
 
     async def release(self) -> None:
         if self.provider is not None:
@@ -118,16 +113,14 @@ class KubeLease(BrowserLease):
         if self.provider is None or at - self._reported < ACTIVITY_INTERVAL:
             return
         self._reported = at
-        task = asyncio.get_running_loop().create_task(self.provider.report_activity(self, at))
-        self._reporting.add(task)
-        task.add_done_callback(self._reporting.discard)
+        self._reporting.spawn(self.provider.report_activity(self, at),
+                              f"report-activity-{self.name}")
 
 
 class KubernetesProvider:
     """BrowserProvider whose browsers are BrowserSessions in one namespace."""
 
-    def __init__(self, settings: Settings, in_use: Callable[[], int] | None = None,
-                 api: KubeApi | None = None) -> None:
+    def __init__(self, settings: Settings, api: KubeApi | None = None) -> None:
         self._settings = settings
         self._namespace = settings.namespace
         self._api = api

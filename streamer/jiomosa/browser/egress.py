@@ -15,7 +15,8 @@ import contextlib
 import logging
 from urllib.parse import urlsplit
 
-from jiomosa.urlpolicy import IPAddress, UrlPolicy, resolve
+from jiomosa.core.tasks import TaskSet
+from jiomosa.core.urlpolicy import IPAddress, UrlPolicy, resolve
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class EgressProxy:
     def __init__(self, policy: UrlPolicy) -> None:
         self._policy = policy
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("egress")
         self.port = 0
         self.refused = 0
 
@@ -49,13 +50,10 @@ class EgressProxy:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.create_task(self._serve(reader, writer), name="egress")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._serve(reader, writer), "egress-connection")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -3,7 +3,9 @@ streamer's Kubernetes backend. No Kopf here: the streamer imports this module.""
 
 from __future__ import annotations
 
-from typing import Final
+import math
+from datetime import UTC, datetime
+from typing import Any, Final
 
 GROUP: Final = "jiomosa.io"
 VERSION: Final = "v1alpha1"
@@ -42,3 +44,31 @@ LABEL_CREATED_BY: Final = "app.kubernetes.io/created-by"
 CREATED_BY_STREAMER: Final = "jiomosa-streamer"
 
 CONTAINER: Final = "browser"
+
+
+# Times in status and annotations: RFC 3339, as Kubernetes writes them.
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def fmt_time(moment: datetime) -> str:
+    """RFC 3339 in UTC, second precision (Kubernetes' own format)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time (or Unix seconds), or None when absent or unreadable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(float(value), UTC) if math.isfinite(value) else None
+    text = str(value).strip()
+    try:
+        return datetime.fromtimestamp(float(text), UTC)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

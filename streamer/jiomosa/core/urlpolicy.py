@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from jiomosa.core.errors import ClientError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,8 +54,10 @@ ALLOWED_SCHEMES = frozenset({"http", "https"})
 MAX_URL_LENGTH = 8192
 
 
-class UrlRejected(ValueError):
+class UrlRejected(ClientError, ValueError):
     """The URL may not be loaded; the message is safe to show to the client."""
+
+    status = 400
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from jiomosa.store import SessionRecord
+from jiomosa.fleet.store import SessionRecord
 
 PREFIX = "jiomosa:"
 

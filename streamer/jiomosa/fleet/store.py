@@ -1,8 +1,8 @@
-"""Where the session registry lives: in this process (embedded default) or in Redis (a fleet).
+"""The fleet's session registry: its record type, the ``Store`` protocol, and an in-process store.
 
 The registry holds what any streamer needs to serve a session: its browser endpoint, viewport,
 page, activity and which streamer owns it. Ownership is a lease: a key with a TTL that only the
-owner renews. Frames and input never go through the registry; see ``relay.py``.
+owner renews. Frames and input never go through the registry; see ``relay.py`` and ``mirrors.py``.
 """
 
 from __future__ import annotations
@@ -80,12 +80,22 @@ class Store(Protocol):
 
     async def lease_owner(self, session_id: str) -> str | None: ...
 
+    async def lease_owners(self, session_ids: list[str]) -> dict[str, str | None]: ...
+
+    async def activity(self, session_ids: list[str]) -> dict[str, float]:
+        """Last activity of each session as the fleet saw it."""
+        ...
+
 
 class MemoryStore:
-    """The embedded default: one streamer, everything in this process."""
+    """The registry in this process: for tests of the fleet's logic without Redis (several
+    coordinators may share one), and the reference for ``RedisStore``'s semantics. Like
+    Redis it keeps records as JSON (callers get copies) and activity apart from the record,
+    only ever moving forward."""
 
     def __init__(self) -> None:
-        self._records: dict[str, SessionRecord] = {}
+        self._records: dict[str, str] = {}
+        self._activity: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
 
     async def start(self) -> None:
@@ -94,30 +104,44 @@ class MemoryStore:
     async def stop(self) -> None:
         return None
 
+    def _raise_activity(self, session_id: str, when: float) -> None:
+        if when > self._activity.get(session_id, 0.0):
+            self._activity[session_id] = when
+
+    def _read(self, session_id: str) -> SessionRecord | None:
+        raw = self._records.get(session_id)
+        if raw is None:
+            return None
+        record = SessionRecord.from_json(raw)
+        record.last_activity = max(record.last_activity, self._activity.get(session_id, 0.0))
+        return record
+
     async def add(self, record: SessionRecord, lease_ttl: float) -> bool:
         if record.session_id in self._records:
             return False
-        self._records[record.session_id] = record
+        self._records[record.session_id] = record.to_json()
+        self._activity[record.session_id] = record.last_activity
         self._leases[record.session_id] = (record.owner, time.monotonic() + lease_ttl)
         return True
 
     async def save(self, record: SessionRecord) -> None:
-        self._records[record.session_id] = record
+        if record.session_id in self._records:  # a removed session is not brought back
+            self._records[record.session_id] = record.to_json()
 
     async def get(self, session_id: str) -> SessionRecord | None:
-        return self._records.get(session_id)
+        return self._read(session_id)
 
     async def all(self) -> list[SessionRecord]:
-        return list(self._records.values())
+        return [r for i in sorted(self._records) if (r := self._read(i)) is not None]
 
     async def remove(self, session_id: str) -> None:
         self._records.pop(session_id, None)
+        self._activity.pop(session_id, None)
         self._leases.pop(session_id, None)
 
     async def touch(self, session_id: str, when: float) -> None:
-        record = self._records.get(session_id)
-        if record is not None and when > record.last_activity:
-            record.last_activity = when
+        if session_id in self._records:
+            self._raise_activity(session_id, when)
 
     async def renew(self, records: list[SessionRecord], owner: str, ttl: float) -> list[str]:
         now = time.monotonic()
@@ -127,7 +151,8 @@ class MemoryStore:
             if holder is not None and holder[0] != owner and holder[1] > now:
                 lost.append(record.session_id)
                 continue
-            self._records[record.session_id] = record
+            self._records[record.session_id] = record.to_json()
+            self._raise_activity(record.session_id, record.last_activity)
             self._leases[record.session_id] = (owner, now + ttl)
         return lost
 
@@ -148,3 +173,9 @@ class MemoryStore:
         if holder is None or holder[1] <= time.monotonic():
             return None
         return holder[0]
+
+    async def lease_owners(self, session_ids: list[str]) -> dict[str, str | None]:
+        return {i: await self.lease_owner(i) for i in session_ids}
+
+    async def activity(self, session_ids: list[str]) -> dict[str, float]:
+        return {i: self._activity[i] for i in session_ids if i in self._activity}

@@ -16,12 +16,14 @@ import logging
 import secrets
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from jiomosa.streaming import Frame
+from jiomosa.core.errors import ClientError, status_of
+from jiomosa.core.tasks import TaskSet
+from jiomosa.frames.hub import Frame
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,10 @@ CLOSED = b"C"
 _HEADER = struct.Struct(">QHHBd")  # seq, width, height, quality, timestamp
 
 
-class RelayError(Exception):
+class RelayError(ClientError):
     """An RPC failed; ``status`` is the HTTP status to answer with."""
 
-    def __init__(self, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.status = status
+    status = 502
 
 
 def frames_channel(session_id: str) -> str:
@@ -57,25 +57,54 @@ def decode_frame(data: bytes) -> tuple[int, int, int, int, float, bytes]:
 
 
 RequestHandler = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
-FrameListener = Callable[[bytes], None]
+"""Serves ``(op, session_id, args)`` sent to this streamer; a ``ClientError`` travels back."""
+MessageListener = Callable[[bytes], None]
+
+
+class Bus(Protocol):
+    """How streamers talk: frame channels per session and requests per streamer."""
+
+    async def start(self, on_request: RequestHandler) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def watch(self, session_id: str, listener: MessageListener) -> None: ...
+
+    async def unwatch(self, session_id: str) -> None: ...
+
+    async def publish(self, session_id: str, payload: bytes) -> None: ...
+
+    async def listeners(self, session_ids: list[str]) -> dict[str, int]:
+        """How many streamers listen to each session's frames."""
+        ...
+
+    async def call(self, streamer_id: str, op: str, session_id: str,
+                   args: dict[str, Any] | None = None, timeout: float = 10.0
+                   ) -> dict[str, Any]: ...
+
+
+async def _no_requests(op: str, session_id: str, args: dict[str, Any]) -> dict[str, Any]:
+    raise RelayError("this streamer serves no requests yet", 503)
 
 
 class RelayBus:
-    """One pub/sub connection per streamer, re-established whenever Redis comes back."""
+    """``Bus`` over Redis pub/sub: one connection per streamer, re-established whenever Redis
+    comes back."""
 
-    def __init__(self, url: str, streamer_id: str, on_request: RequestHandler) -> None:
+    def __init__(self, url: str, streamer_id: str) -> None:
         self.streamer_id = streamer_id
         self._redis: aioredis.Redis = aioredis.from_url(
             url, socket_connect_timeout=3.0, socket_timeout=5.0)
-        self._on_request = on_request
-        self._listeners: dict[str, FrameListener] = {}
+        self._on_request: RequestHandler = _no_requests
+        self._listeners: dict[str, MessageListener] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("relay")
         self.connected = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, on_request: RequestHandler) -> None:
+        self._on_request = on_request
         self._task = asyncio.create_task(self._listen_loop(), name="relay-listener")
 
     async def stop(self) -> None:
@@ -83,12 +112,11 @@ class RelayBus:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()
         await self._redis.aclose()
 
     # ----------------------------------------------------------------- frames
-    async def watch(self, session_id: str, listener: FrameListener) -> None:
+    async def watch(self, session_id: str, listener: MessageListener) -> None:
         self._listeners[session_id] = listener
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -141,8 +169,10 @@ class RelayBus:
                 str(message.get("op")), str(message.get("sid")), dict(message.get("args") or {}))
             reply["ok"] = True
         except Exception as exc:
-            reply.update(ok=False, error=str(exc) or type(exc).__name__,
-                         status=int(getattr(exc, "status", 502)))
+            status, error, _ = status_of(exc)
+            if status == 500:
+                log.exception("relayed request %s failed", message.get("op"))
+            reply.update(ok=False, error=error, status=status)
         with contextlib.suppress(RedisError, OSError):
             await self._redis.publish(rpc_channel(str(message.get("from"))), json.dumps(reply))
 
@@ -191,6 +221,4 @@ class RelayBus:
             if future is not None and not future.done():
                 future.set_result(payload)
         elif payload.get("t") == "req":
-            task = asyncio.create_task(self._answer(payload), name="relay-rpc")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._answer(payload), "relay-rpc")

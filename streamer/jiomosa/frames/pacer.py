@@ -1,79 +1,30 @@
-"""Frame fan-out: one screencast per session, paced separately for every client.
+"""Per-client pacing: each client of a session gets the latest frame at its own pace.
 
-``FrameHub`` holds a session's latest frame and its subscribers. Each ``Subscriber`` runs one
-task that sends the *latest* frame when (a) there is one it has not sent, (b) its fps cap allows,
-and (c) its transport has drained the previous frame. A slow client therefore skips frames and
-never builds a backlog, and how long the transport takes to drain is the throughput measure that
-drives adaptive quality.
+Each ``Subscriber`` runs one task that sends the *latest* frame when (a) there is one it has
+not sent, (b) its fps cap allows (GCRA) and (c) its transport has drained the previous frame.
+A slow client therefore skips frames and never builds a backlog, and how long the transport
+takes to drain is the throughput measure that drives adaptive quality.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from PIL import Image
-
 from jiomosa import metrics
+from jiomosa.core.tasks import TaskSet
+from jiomosa.core.types import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY
+from jiomosa.frames.hub import Frame, FrameHub
 
 log = logging.getLogger(__name__)
 
-MIN_QUALITY = 10
-MAX_QUALITY = 90
 QUALITY_STEP = 10
-MIN_FPS = 1
-MAX_FPS = 60
 STALL_SLICE = 0.5  # seconds of no drain at all that count as one stall
 DRAIN_GIVE_UP = 30.0  # seconds after which a frame that never drains is written off
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One JPEG from Chrome's screencast."""
-
-    seq: int
-    jpeg: bytes
-    width: int
-    height: int
-    quality: int
-    timestamp: float
-    """Unix epoch seconds at which the frame reached the streamer."""
-    received: float = field(default_factory=time.monotonic)
-
-
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """Width and height from a JPEG's SOF header (without decoding the image)."""
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 1 if marker == 0xFF else 2
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height = int.from_bytes(data[i + 5:i + 7], "big")
-            width = int.from_bytes(data[i + 7:i + 9], "big")
-            return width, height
-        i += 2 + length
-    raise ValueError("not a JPEG with a frame header")
-
-
-def reencode(jpeg: bytes, quality: int) -> bytes:
-    """Re-encode a frame at a lower quality (CPU work: run it in a thread)."""
-    with Image.open(io.BytesIO(jpeg)) as image:
-        out = io.BytesIO()
-        image.convert("RGB").save(out, "JPEG", quality=quality, optimize=True)
-        return out.getvalue()
 
 
 class Transport(Protocol):
@@ -86,106 +37,6 @@ class Transport(Protocol):
     async def drained(self) -> None:
         """Return once the transport has taken everything sent so far off its queue."""
         ...
-
-
-class FrameHub:
-    """The latest frame of one session and the clients that want it."""
-
-    def __init__(self, session_id: str, source_quality: int, first_seq: int = 1) -> None:
-        self.session_id = session_id
-        self._first_seq = first_seq
-        self.source_quality = source_quality
-        self.latest: Frame | None = None
-        self.subscribers: dict[str, Subscriber] = {}
-        self._variants: dict[tuple[int, str], asyncio.Future[bytes]] = {}
-        self._new_frame = asyncio.Event()
-        self.closed = False
-        self.last_used = time.monotonic()
-        """When a client last read from the hub (long-polls and snapshots count)."""
-
-    def publish(self, jpeg: bytes, quality: int | None = None) -> Frame | None:
-        """Make a screencast JPEG the latest frame. A byte-identical repeat of the latest
-        (a repaint that changed nothing, a screencast restart) is dropped: None."""
-        if self.latest is not None and self.latest.jpeg == jpeg:
-            return None
-        try:
-            width, height = jpeg_size(jpeg)
-        except ValueError:
-            return None
-        seq = self.latest.seq + 1 if self.latest else self._first_seq
-        frame = Frame(seq, jpeg, width, height, quality or self.source_quality, time.time())
-        metrics.FRAMES_CAPTURED.inc()
-        self.publish_frame(frame)
-        return frame
-
-    def publish_frame(self, frame: Frame) -> None:
-        """Make ``frame`` the latest (also for frames relayed from another streamer)."""
-        previous, self.latest = self.latest, frame
-        if previous is not None:
-            for sub in self.subscribers.values():
-                sub.note_replaced(previous)
-        self._variants.clear()
-        for sub in self.subscribers.values():
-            sub.wake()
-        # Long-pollers wait on the event; swap it so that each wakes exactly once.
-        event, self._new_frame = self._new_frame, asyncio.Event()
-        event.set()
-
-    async def wait_newer(self, after_seq: int, timeout: float) -> Frame | None:
-        """The latest frame once its seq is above ``after_seq`` (None after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.last_used = time.monotonic()
-            frame = self.latest
-            if frame is not None and frame.seq > after_seq:
-                return frame
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed:
-                return None
-            try:
-                await asyncio.wait_for(self._new_frame.wait(), remaining)
-            except TimeoutError:
-                return None
-
-    async def image(self, frame: Frame, quality: int, encoding: str = "binary") -> bytes:
-        """The frame's JPEG at ``quality`` (re-encoded once per frame and quality, shared by
-        all clients), or its data-URL bytes for ``encoding='base64'``."""
-        quality = min(quality, frame.quality)
-        key = (quality, encoding)
-        future = self._variants.get(key)
-        if future is None or frame is not self.latest:
-            future = asyncio.get_running_loop().create_future()
-            if frame is self.latest:
-                self._variants[key] = future
-            try:
-                if quality >= frame.quality:
-                    data = frame.jpeg
-                else:
-                    data = await asyncio.to_thread(reencode, frame.jpeg, quality)
-                if encoding == "base64":
-                    data = b"data:image/jpeg;base64," + base64.b64encode(data)
-            except BaseException as exc:
-                future.set_exception(exc)
-                self._variants.pop(key, None)
-                raise
-            future.set_result(data)
-            return data
-        return await asyncio.shield(future)
-
-    def add(self, sub: Subscriber) -> None:
-        self.subscribers[sub.id] = sub
-        sub.start()
-
-    async def remove(self, sub_id: str) -> None:
-        sub = self.subscribers.pop(sub_id, None)
-        if sub is not None:
-            await sub.stop()
-
-    async def close(self) -> None:
-        self.closed = True
-        self._new_frame.set()
-        for sub_id in list(self.subscribers):
-            await self.remove(sub_id)
 
 
 class Subscriber:
@@ -214,7 +65,9 @@ class Subscriber:
         self.log = logging.LoggerAdapter(log, {"session_id": hub.session_id, "client": sub_id})
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._notices = TaskSet(f"subscriber-{sub_id}")
         self.sent_seq = 0
+        self._sending_seq = 0  # the frame being encoded or written now
         self.frames_sent = 0
         self.frames_skipped = 0
         self.throughput_bps = 0.0
@@ -257,6 +110,9 @@ class Subscriber:
         now = time.monotonic()
         return float(sum(1 for t in self._send_times if now - t <= 1.0))
 
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id[:8], "transport": self.transport.name, **self.stats()}
+
     def stats(self) -> dict[str, Any]:
         return {
             "size": self._last_size,
@@ -285,6 +141,7 @@ class Subscriber:
             if delay > 0:
                 await asyncio.sleep(delay)
                 frame = hub.latest or frame  # latest-frame-wins
+            self._sending_seq = frame.seq
             try:
                 image = await hub.image(frame, self.quality, self.encoding)
                 self._last_size = len(image)
@@ -308,7 +165,7 @@ class Subscriber:
 
     def note_replaced(self, frame: Frame) -> None:
         """``frame`` was replaced by a newer one; count it if this client never got it."""
-        if self.sent_seq < frame.seq and self._task is not None:
+        if (self.sent_seq < frame.seq != self._sending_seq) and self._task is not None:
             self.frames_skipped += 1
             metrics.FRAMES_SKIPPED.labels(self.transport.name).inc()
 
@@ -373,5 +230,4 @@ class Subscriber:
         self._congested.clear()
         metrics.QUALITY_CHANGES.labels(reason).inc()
         if self._on_quality_change is not None:
-            task = asyncio.create_task(self._on_quality_change(self, reason))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._notices.spawn(self._on_quality_change(self, reason), f"quality-{self.id}")

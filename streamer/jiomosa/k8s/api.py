@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from jiomosa_operator import model
+from jiomosa.k8s import model
 
 MERGE_PATCH = "application/merge-patch+json"
 

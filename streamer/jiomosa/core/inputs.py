@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from jiomosa import validation as v
-from jiomosa.browser.page import BrowserPage
-from jiomosa.settings import Settings
+from jiomosa.core import validation as v
+from jiomosa.core.settings import Settings
 
 INPUT_TYPES = ("click", "scroll", "key", "text")
+
+
+class InputTarget(Protocol):
+    """What input runs against: a browser page (``jiomosa.browser.page.BrowserPage``)."""
+
+    async def click(self, x: float, y: float) -> None: ...
+
+    async def scroll(self, delta_x: float, delta_y: float,
+                     x: float | None = None, y: float | None = None) -> None: ...
+
+    async def key(self, name: str) -> None: ...
+
+    async def insert_text(self, text: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -20,7 +32,7 @@ class InputCommand:
     kind: str
     ack: dict[str, Any]
     """Fields echoed in the acknowledgement."""
-    run: Callable[[BrowserPage], Awaitable[None]]
+    run: Callable[[InputTarget], Awaitable[None]]
 
 
 def parse_input(kind: str, payload: Any, settings: Settings) -> InputCommand:

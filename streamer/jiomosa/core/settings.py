@@ -1,7 +1,7 @@
 """Service settings, read once from ``JIOMOSA_*`` environment variables.
 
-Every field documents its variable; ``docs/configuration.md`` is generated from the same
-docstrings' content by hand and a test keeps the two in step (``tests/test_settings.py``).
+Every field documents its variable; ``docs/configuration.md`` repeats the docstrings' content
+and a test keeps the two in step (``tests/test_units.py::test_every_setting_is_documented``).
 """
 
 from __future__ import annotations

@@ -14,14 +14,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jiomosa import SERVICE_NAME, __version__, metrics
-from jiomosa import validation as v
 from jiomosa.appkeys import MANAGER, SETTINGS
-from jiomosa.browser.cdp import CDPError
-from jiomosa.browser.page import InputError, NavigationError
-from jiomosa.inputs import INPUT_TYPES
-from jiomosa.sessions import AnySession, SessionError
-from jiomosa.streaming import MAX_QUALITY, MIN_QUALITY
-from jiomosa.urlpolicy import UrlRejected
+from jiomosa.core import validation as v
+from jiomosa.core.errors import SessionError, client_error, status_of
+from jiomosa.core.inputs import INPUT_TYPES
+from jiomosa.core.types import MAX_QUALITY, MIN_QUALITY
+from jiomosa.sessions.session import Session
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -41,24 +39,19 @@ async def error_middleware(
     """Every failure becomes a JSON ``{"error": ...}`` with a 4xx/5xx; never a stack trace."""
     try:
         return await handler(request)
-    except SessionError as exc:
-        return error(exc.status, str(exc), **exc.extra)
-    except (v.BadRequest, InputError, UrlRejected) as exc:
-        return error(400, str(exc))
-    except NavigationError as exc:
-        return error(502, str(exc))
-    except CDPError as exc:
-        log.warning("browser error on %s: %s", request.path, exc)
-        return error(502, "the browser did not answer")
     except web.HTTPRequestEntityTooLarge:
         return error(413, "request body is too large")
     except web.HTTPException as exc:
         if exc.empty_body or exc.status < 400:
             raise
         return error(exc.status, exc.reason)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error(500, "internal error")
+    except Exception as exc:
+        status, message, extra = status_of(exc)
+        if client_error(exc) is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+        elif status >= 500:
+            log.warning("%s on %s: %s", status, request.path, exc)
+        return error(status, message, **extra)
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -78,7 +71,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return v.as_object(data, "body")
 
 
-async def session_of(request: web.Request) -> AnySession:
+async def session_of(request: web.Request) -> Session:
     return await request.app[MANAGER].lookup(request.match_info["session_id"])
 
 

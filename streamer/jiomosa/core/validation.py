@@ -8,12 +8,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jiomosa.browser.page import KEYS, Viewport
-from jiomosa.settings import Settings
+from jiomosa.core.errors import BadRequest
+from jiomosa.core.settings import Settings
+from jiomosa.core.types import KEYS, Viewport
 
-
-class BadRequest(ValueError):
-    """The client sent something unusable; the message says what."""
+__all__ = ["BadRequest", "as_object", "boolean", "integer", "number", "string", "viewport"]
 
 
 def as_object(data: Any, what: str = "payload") -> dict[str, Any]:
@@ -31,6 +30,8 @@ def number(data: dict[str, Any], name: str, default: float | None = None,
         raise BadRequest(f"{name} is required")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f"{name} must be a number")
+    if isinstance(value, int) and not lo <= value <= hi:  # huge ints do not fit a float
+        raise BadRequest(f"{name} must be between {lo:g} and {hi:g}")
     value = float(value)
     if not math.isfinite(value) or not lo <= value <= hi:
         raise BadRequest(f"{name} must be between {lo:g} and {hi:g}")

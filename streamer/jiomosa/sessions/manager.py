@@ -1,0 +1,366 @@
+"""The session manager: creates, finds, reaps and closes the sessions this streamer drives.
+
+It knows one streamer only. A fleet (``jiomosa.fleet.coordinator.FleetManager``) extends it
+the way python-socketio's ``AsyncPubSubManager`` extends ``AsyncManager``: it overrides the
+registry hooks below (``_claim``, ``_saved``, ``_forgotten``, ``_find_elsewhere``,
+``_list_elsewhere``, ``_close_elsewhere``, ``_tick``) and adds what a fleet needs. The
+single-host path never runs fleet code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from jiomosa import metrics
+from jiomosa.core.errors import SessionError
+from jiomosa.core.settings import Settings
+from jiomosa.core.tasks import TaskSet
+from jiomosa.core.types import BrowserStartError, SessionState, Viewport
+from jiomosa.core.urlpolicy import UrlPolicy
+from jiomosa.providers.base import BrowserLease, BrowserProvider
+from jiomosa.sessions.session import SESSION_ID_RE, LocalSession, Notifier, Page, Session
+
+log = logging.getLogger(__name__)
+
+FAILED_RETENTION = 60.0  # seconds a failed session stays visible before it is forgotten
+TICK = 1.0  # seconds between reaping sweeps (and, in a fleet, lease renewals)
+
+PageAttacher = Callable[[str, UrlPolicy, Viewport], Awaitable[Page]]
+"""Connects to a browser's DevTools URL and takes its page (``BrowserPage.attach``)."""
+
+
+class SessionManager:
+    """Every session this streamer drives."""
+
+    def __init__(self, settings: Settings, provider: BrowserProvider, policy: UrlPolicy,
+                 attach: PageAttacher, streamer_id: str) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.policy = policy
+        self._attach = attach
+        self.streamer_id = streamer_id
+        self.sessions: dict[str, LocalSession] = {}
+        """Sessions this streamer drives (and failed ones it still shows)."""
+        self._closed_notifiers: list[Notifier] = []
+        self._tasks = TaskSet("sessions")
+        self._ticker: asyncio.Task[None] | None = None
+
+    # =============================================================== registry hooks
+    # The single-host registry is ``self.sessions``; a fleet also registers elsewhere.
+    async def _claim(self, session: LocalSession) -> bool:
+        """Register a new session beyond this process; False when its id is taken there."""
+        return True
+
+    async def _saved(self, session: LocalSession) -> None:
+        """The session's state or page changed."""
+
+    async def _forgotten(self, session_id: str) -> None:
+        """The session is gone for good."""
+
+    async def _find_elsewhere(self, session_id: str) -> Session | None:
+        return None
+
+    async def _list_elsewhere(self) -> list[dict[str, Any]]:
+        return []
+
+    async def _close_elsewhere(self, session_id: str, reason: str) -> bool:
+        return False
+
+    async def _tick(self) -> None:
+        self._reap()
+
+    # =============================================================== life of the manager
+    async def start(self) -> None:
+        await self.provider.start()
+        self._ticker = asyncio.create_task(self._tick_loop(), name="session-ticker")
+
+    async def shutdown(self) -> None:
+        """Graceful end (SIGTERM): close every session; their clients are told."""
+        await self.close_all("server shutdown")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(BaseException):
+                await self._ticker
+        await self.close_all("server shutdown")
+        await self.provider.stop()
+        await self._tasks.close()
+
+    async def close_all(self, reason: str) -> None:
+        await asyncio.gather(*(self.close(s.id, reason) for s in list(self.sessions.values())),
+                             return_exceptions=True)
+
+    def on_closed(self, notifier: Notifier) -> None:
+        """Call ``notifier(session, reason)`` before a session's subscribers are dropped."""
+        self._closed_notifiers.append(notifier)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        self._tasks.spawn(_as_coroutine(coro), name)
+
+    # =============================================================== lookups
+    async def lookup(self, session_id: Any) -> Session:
+        """The session a client names (404 when there is none)."""
+        if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
+            raise SessionError("Session not found", 404)
+        found: Session | None = self.sessions.get(session_id)
+        if found is None:
+            found = await self._find_elsewhere(session_id)
+        if found is None:
+            found = await self._serve_from_backend(session_id)
+        if found is None:
+            raise SessionError("Session not found", 404)
+        return found
+
+    async def summaries(self) -> list[dict[str, Any]]:
+        seen = {s.id: s.summary() for s in self.sessions.values()}
+        for summary in await self._list_elsewhere():
+            seen.setdefault(summary["session_id"], summary)
+        try:
+            for summary in await self.provider.listed():  # e.g. BrowserSessions of kubectl
+                seen.setdefault(summary["session_id"], summary)
+        except Exception as exc:
+            log.warning("cannot list the backend's browsers: %s", exc)
+        return list(seen.values())
+
+    def live_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.state.live)
+
+    # =============================================================== create / close
+    async def create(self, session_id: str | None, viewport: Viewport,
+                     url: str | None) -> LocalSession:
+        if session_id is None:
+            session_id = secrets.token_urlsafe(24)  # 192 random bits
+        elif not SESSION_ID_RE.match(session_id):
+            raise SessionError(
+                "session_id must be 1-128 characters of letters, digits, '_', '-', '.', ':'")
+        if url is not None:
+            await self.policy.check(url)
+        started = time.perf_counter()
+        session = await self._reserve(session_id, viewport)
+        try:
+            await self._open_browser(session)
+            if url:
+                session.page_info = await session.require_page().navigate(
+                    url, self.settings.navigation_timeout)
+            await self._saved(session)
+        except BaseException:
+            await self._discard(session)
+            raise
+        session.touch()  # the idle clock starts when the session is ready, not when asked
+        metrics.SESSIONS_CREATED.inc()
+        metrics.CREATE_SECONDS.observe(time.perf_counter() - started)
+        session.log.info("session created in %.0f ms", (time.perf_counter() - started) * 1000)
+        return session
+
+    async def _reserve(self, session_id: str, viewport: Viewport) -> LocalSession:
+        """A new session in ``starting``, counted against capacity and registered."""
+        if session_id in self.sessions:
+            metrics.SESSION_REJECTED.labels("duplicate").inc()
+            raise SessionError("Session already exists", 400, session_id=session_id)
+        if self.live_count() >= self.settings.max_sessions:
+            metrics.SESSION_REJECTED.labels("capacity").inc()
+            raise SessionError("Too many sessions: the server is at capacity", 503,
+                               max_sessions=self.settings.max_sessions)
+        session = LocalSession(session_id, viewport, self.settings, owner=self.streamer_id)
+        self.sessions[session_id] = session
+        try:
+            claimed = await self._claim(session)
+        except BaseException:
+            self._drop(session)
+            raise
+        if not claimed:
+            self._drop(session)
+            metrics.SESSION_REJECTED.labels("duplicate").inc()
+            raise SessionError("Session already exists", 400, session_id=session_id)
+        return session
+
+    def _drop(self, session: LocalSession) -> None:
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+
+    async def _open_browser(self, session: LocalSession) -> None:
+        vp = session.viewport
+        last_error: Exception | None = None
+        for _ in range(2):  # a pooled browser may have died: one retry with a fresh one
+            lease = await self.provider.acquire(vp.width, vp.height, vp.device_scale_factor)
+            try:
+                page = await self._attach(lease.endpoint.cdp_url, self.policy, vp)
+            except Exception as exc:
+                last_error = exc
+                await lease.release()
+                continue
+            await self.wire(session, page, lease)
+            return
+        session.log.warning("browser attach failed: %s", last_error)
+        raise BrowserStartError("the browser could not be attached")
+
+    async def wire(self, session: LocalSession, page: Page, lease: BrowserLease) -> None:
+        """Make ``page`` the session's page and start streaming it."""
+        if session.state.ended:  # closed while its browser was starting
+            await page.close()
+            await lease.release()
+            raise SessionError("the session was closed while starting", 409)
+        session.lease = lease
+        session.bind(page, lambda reason: self._on_page_gone(session, reason))
+        session.state = SessionState.READY
+        await page.start_screencast(self.settings.default_quality)
+
+    async def _serve_from_backend(self, session_id: str) -> LocalSession | None:
+        """Serve a browser the backend knows by this name but no streamer serves (a
+        BrowserSession made with kubectl): attach to it as a local session."""
+        try:
+            found = await self.provider.find(session_id)
+        except Exception as exc:
+            log.warning("backend lookup of %s failed: %s", session_id, exc)
+            return None
+        if found is None:
+            return None
+        if session_id in self.sessions:  # found meanwhile by a concurrent lookup
+            return self.sessions[session_id]
+        lease, viewport = found
+        if any(s.lease is not None and s.lease.endpoint.cdp_url == lease.endpoint.cdp_url
+               for s in self.sessions.values()):
+            return None  # a browser this streamer already serves under another id
+        try:
+            session = await self._reserve(session_id, viewport)
+        except SessionError as exc:
+            if exc.status == 400:
+                return None  # another streamer took it meanwhile
+            raise
+        try:
+            page = await self._attach(lease.endpoint.cdp_url, self.policy, viewport)
+        except BaseException as exc:
+            self._drop(session)
+            await self._forgotten(session_id)
+            if isinstance(exc, Exception):
+                session.log.warning("cannot attach to the backend's browser: %s", exc)
+                raise SessionError("the browser could not be attached", 503) from None
+            raise
+        await self.wire(session, page, lease)
+        await self._saved(session)
+        session.log.info("serving the backend's browser %s", session_id)
+        return session
+
+    async def close(self, session_id: str, reason: str = "closed by client") -> bool:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return await self._close_elsewhere(session_id, reason)
+        if session.state == SessionState.FAILED:
+            self._drop(session)
+            await self._forgotten(session_id)
+            return True
+        if session.state.ended:
+            return True
+        session.state = SessionState.CLOSING
+        session.log.info("closing session: %s", reason)
+        await self.notify_closed(session, reason)
+        await self._discard(session)
+        metrics.SESSIONS_CLOSED.labels(_reason_label(reason)).inc()
+        return True
+
+    async def notify_closed(self, session: Session, reason: str) -> None:
+        for notifier in self._closed_notifiers:
+            try:
+                await notifier(session, reason)
+            except Exception:
+                log.exception("close notifier failed")
+
+    async def _discard(self, session: LocalSession) -> None:
+        session.state = SessionState.CLOSED
+        self._drop(session)
+        # Out of the registry first: nobody may adopt a session whose browser is quitting.
+        await self._forgotten(session.id)
+        await session.hub.close()
+        await self.release(session, quit_browser=True)
+        self.provider.request_refill()
+
+    async def release(self, session: LocalSession, quit_browser: bool) -> None:
+        """Detach from the session's page; quit its browser too unless it lives on."""
+        page, lease = session.page, session.lease
+        session.page = session.lease = None
+        if page is not None:
+            metrics.BLOCKED_REQUESTS.inc(page.blocked_requests)
+            with contextlib.suppress(Exception):
+                await page.close()
+        if lease is not None and quit_browser:
+            with contextlib.suppress(Exception):
+                await lease.release()
+
+    # =============================================================== failures
+    def _on_page_gone(self, session: LocalSession, reason: str) -> None:
+        if session.state.ended:
+            return
+        session.log.warning("browser gone: %s", reason)
+        session.state = SessionState.FAILED
+        session.error = f"browser {reason}"
+        self.spawn(self._fail(session), f"fail-{session.id}")
+
+    async def _fail(self, session: LocalSession) -> None:
+        await self.notify_closed(session, "failed")
+        await session.hub.close()
+        await self.release(session, quit_browser=True)
+        await self._saved(session)
+        metrics.SESSIONS_CLOSED.labels("failed").inc()
+        # Keep the failed session visible for a while so that clients learn what happened.
+        await asyncio.sleep(FAILED_RETENTION)
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+            await self._forgotten(session.id)
+
+    # =============================================================== the tick
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("session tick failed")
+
+    def _reap(self) -> None:
+        now = time.time()
+        for session in list(self.sessions.values()):
+            if session.state != SessionState.READY:
+                continue
+            if session.hub.subscribers:
+                session.touch()  # a watched session is not idle
+            if session.lease is not None:
+                session.lease.note_activity(session.last_activity)
+            reason = None
+            if now - session.last_activity > self.settings.idle_timeout:
+                reason = "idle timeout"
+            elif self.settings.max_duration and now - session.created_at > (
+                    self.settings.max_duration):
+                reason = "max duration reached"
+            if reason:
+                self.spawn(self.close(session.id, reason), f"reap-{session.id}")
+
+    def hubs(self) -> Iterable[Any]:
+        """Every hub local clients stream from."""
+        return [s.hub for s in self.sessions.values()]
+
+    def live_metrics(self) -> Iterable[tuple[str, dict[str, Any]]]:
+        for session in list(self.sessions.values()):
+            yield "session", {"state_name": str(session.state)}
+        for hub in list(self.hubs()):
+            for sub in list(hub.subscribers.values()):
+                described = sub.describe()
+                yield "client", {"transport_name": described["transport"],
+                                 "actual_fps": described["actualFps"], "fps": described["fps"]}
+
+
+async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _reason_label(reason: str) -> str:
+    for label in ("idle", "duration", "shutdown", "client"):
+        if label in reason:
+            return label
+    return "other"

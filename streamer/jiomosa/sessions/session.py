@@ -1,0 +1,302 @@
+"""A session as every transport sees it: one ``Session`` protocol, wherever it is driven.
+
+``LocalSession`` is driven here: this streamer holds its browser page (CDP) and its frame hub.
+The fleet adds ``jiomosa.fleet.remote.RemoteSession`` (driven by another streamer; requests
+relayed, frames mirrored). Transports never ask which one they hold.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from jiomosa import metrics
+from jiomosa.core.errors import SessionError
+from jiomosa.core.inputs import InputTarget, parse_input
+from jiomosa.core.settings import Settings
+from jiomosa.core.types import SessionState, Viewport
+from jiomosa.frames.hub import FrameHub
+from jiomosa.providers.base import BrowserLease
+
+log = logging.getLogger(__name__)
+
+SESSION_ID_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.:-]{1,128}$")
+
+
+class Page(InputTarget, Protocol):
+    """What a session needs of its browser page (``jiomosa.browser.page.BrowserPage``)."""
+
+    log: logging.LoggerAdapter[logging.Logger]
+    blocked_requests: int
+
+    def set_frame_callback(self, callback: Callable[[bytes, int, int], object] | None) -> None: ...
+
+    def on_gone(self, callback: Callable[[str], None]) -> None: ...
+
+    async def start_screencast(self, quality: int) -> None: ...
+
+    async def navigate(self, url: str, timeout: float) -> dict[str, Any]: ...
+
+    async def page_info(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+def page_info_view(session_id: str, page_info: dict[str, Any],
+                   viewport: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "title": page_info.get("title", ""),
+        "url": page_info.get("url", ""),
+        "session_id": session_id,
+        "window_size": {"width": viewport.get("width"), "height": viewport.get("height")},
+    }
+
+
+class Session(abc.ABC):
+    """What REST, Socket.IO and the plain WebSocket may do with a session."""
+
+    id: str
+    settings: Settings
+
+    # --------------------------------------------------------------- what it is
+    @property
+    @abc.abstractmethod
+    def state(self) -> SessionState: ...
+
+    @property
+    @abc.abstractmethod
+    def error(self) -> str | None: ...
+
+    @property
+    @abc.abstractmethod
+    def owner(self) -> str:
+        """Id of the streamer that drives the session."""
+
+    @property
+    @abc.abstractmethod
+    def created_at(self) -> float: ...
+
+    @property
+    @abc.abstractmethod
+    def last_activity(self) -> float: ...
+
+    @property
+    @abc.abstractmethod
+    def page_info(self) -> dict[str, Any]:
+        """``{title, url}`` as last known."""
+
+    @property
+    @abc.abstractmethod
+    def viewport_dict(self) -> dict[str, Any]: ...
+
+    @property
+    @abc.abstractmethod
+    def hub(self) -> FrameHub:
+        """The hub local clients stream from."""
+
+    @abc.abstractmethod
+    def watched_hub(self) -> FrameHub | None:
+        """The hub if local clients already use one (never creates one)."""
+
+    # --------------------------------------------------------------- what it does
+    @abc.abstractmethod
+    def touch(self) -> None:
+        """A client did something: the session is not idle."""
+
+    @abc.abstractmethod
+    async def keepalive(self) -> float: ...
+
+    @abc.abstractmethod
+    async def load(self, url: str, timeout: float | None = None) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def input(self, kind: str, payload: Any) -> dict[str, Any]:
+        """Check and dispatch one input; the ack comes after Chrome confirmed it."""
+
+    @abc.abstractmethod
+    async def set_source_quality(self, quality: int) -> None: ...
+
+    @abc.abstractmethod
+    async def _refresh(self) -> None:
+        """Bring ``page_info`` and ``last_activity`` up to date for ``info``."""
+
+    # --------------------------------------------------------------- views (written once)
+    def ensure_ready(self) -> None:
+        if self.state == SessionState.FAILED:
+            raise SessionError(f"session failed: {self.error}", 409)
+        if self.state != SessionState.READY:
+            raise SessionError("session is not ready", 409)
+
+    def page_info_view(self) -> dict[str, Any]:
+        return page_info_view(self.id, self.page_info, self.viewport_dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "created_at": self.created_at,
+            "last_activity": self.last_activity,
+            "current_page": self.page_info.get("url", ""),
+            "status": str(self.state),
+        }
+
+    async def info(self) -> dict[str, Any]:
+        if self.state == SessionState.READY:
+            await self._refresh()
+        hub = self.watched_hub()
+        clients = list(hub.subscribers.values()) if hub is not None else []
+        return {
+            "session_id": self.id,
+            "created_at": self.created_at,
+            "last_activity": self.last_activity,
+            "status": str(self.state),
+            "page_info": self.page_info_view(),
+            "viewport": self.viewport_dict,
+            "subscribers": len(clients),
+            "frame_seq": hub.latest.seq if hub is not None and hub.latest else 0,
+            "clients": [sub.describe() for sub in clients],
+            "owner": self.owner,
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+class LocalSession(Session):
+    """A session whose browser this streamer drives."""
+
+    def __init__(self, session_id: str, viewport: Viewport, settings: Settings,
+                 created_at: float | None = None, hub: FrameHub | None = None,
+                 owner: str = "") -> None:
+        self.id = session_id
+        self.viewport = viewport
+        self.settings = settings
+        self._created_at = created_at or time.time()
+        self._last_activity = self._created_at
+        self._state = SessionState.STARTING
+        self._error: str | None = None
+        self._owner = owner
+        self.page: Page | None = None
+        self.lease: BrowserLease | None = None
+        # A streamer that takes a session over keeps the hub its clients already watch.
+        self._hub = hub or FrameHub(session_id, settings.default_quality)
+        self._page_info: dict[str, Any] = {"title": "", "url": "about:blank"}
+        self.log = logging.LoggerAdapter(log, {"session_id": session_id})
+        self._source_quality = settings.default_quality
+        self._input_lock = asyncio.Lock()
+
+    # --------------------------------------------------------------- state
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @state.setter
+    def state(self, value: SessionState) -> None:
+        self._state = value
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @error.setter
+    def error(self, value: str | None) -> None:
+        self._error = value
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    @property
+    def created_at(self) -> float:
+        return self._created_at
+
+    @property
+    def last_activity(self) -> float:
+        return self._last_activity
+
+    @last_activity.setter
+    def last_activity(self, value: float) -> None:
+        self._last_activity = value
+
+    @property
+    def page_info(self) -> dict[str, Any]:
+        return self._page_info
+
+    @page_info.setter
+    def page_info(self, value: dict[str, Any]) -> None:
+        self._page_info = value
+
+    @property
+    def viewport_dict(self) -> dict[str, Any]:
+        return self.viewport.to_dict()
+
+    @property
+    def hub(self) -> FrameHub:
+        return self._hub
+
+    def watched_hub(self) -> FrameHub:
+        return self._hub
+
+    # --------------------------------------------------------------- the page
+    def bind(self, page: Page, on_gone: Callable[[str], None]) -> None:
+        """Take ``page`` as this session's browser page: its frames go to the hub."""
+        self.page = page
+        page.log = self.log
+        page.set_frame_callback(self._hub.publish)
+        page.on_gone(on_gone)
+
+    def require_page(self) -> Page:
+        self.ensure_ready()
+        if self.page is None:
+            raise SessionError("session is not ready", 409)
+        return self.page
+
+    # --------------------------------------------------------------- operations
+    def touch(self) -> None:
+        self._last_activity = time.time()
+
+    async def keepalive(self) -> float:
+        if self._state == SessionState.FAILED:
+            raise SessionError(f"session failed: {self._error}", 409)
+        self.touch()
+        return self._last_activity
+
+    async def load(self, url: str, timeout: float | None = None) -> dict[str, Any]:
+        page = self.require_page()
+        self.touch()
+        self._page_info = await page.navigate(url, timeout or self.settings.navigation_timeout)
+        self.touch()
+        return self.page_info_view()
+
+    async def input(self, kind: str, payload: Any) -> dict[str, Any]:
+        command = parse_input(kind, payload, self.settings)
+        page = self.require_page()
+        self.touch()
+        started = time.perf_counter()
+        async with self._input_lock:  # input order is the user's order
+            await command.run(page)
+        elapsed = time.perf_counter() - started
+        metrics.INPUT_LATENCY.labels(kind).observe(elapsed)
+        return {"type": kind, "session_id": self.id, **command.ack,
+                "latency_ms": round(elapsed * 1000, 2)}
+
+    async def set_source_quality(self, quality: int) -> None:
+        """Chrome encodes at the best quality any client asked for; others get re-encodes."""
+        if (quality == self._source_quality or self.page is None
+                or self._state != SessionState.READY):
+            return
+        self._source_quality = quality
+        self._hub.source_quality = quality
+        await self.page.start_screencast(quality)
+
+    async def _refresh(self) -> None:
+        if self.page is not None:
+            with contextlib.suppress(Exception):
+                self._page_info = await self.page.page_info()
+
+
+Notifier = Callable[[Session, str], Awaitable[None]]
+"""Told ``(session, reason)`` before a session's subscribers are dropped."""

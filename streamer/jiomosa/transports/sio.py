@@ -1,0 +1,155 @@
+"""Socket.IO streaming: the original's events (subscribe, input:*, quality/fps/adaptive) plus
+``input:key`` and ``session:closed`` (the table is ``events.EVENTS``). Frames go out per client
+through its ``Subscriber``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import socketio
+from aiohttp import web
+
+from jiomosa.core import validation as v
+from jiomosa.core.errors import SessionError
+from jiomosa.core.settings import Settings
+from jiomosa.frames.hub import Frame
+from jiomosa.frames.pacer import Subscriber
+from jiomosa.sessions.manager import SessionManager
+from jiomosa.sessions.session import Session
+from jiomosa.transports import events
+
+
+class SocketIOTransport:
+    """Frames as Socket.IO ``frame`` events; drain measured on the Engine.IO send queue."""
+
+    name = "socketio"
+
+    def __init__(self, sio: socketio.AsyncServer, sid: str) -> None:
+        self._sio = sio
+        self.sid = sid
+
+    async def send_frame(self, frame: Frame, image: bytes, sub: Subscriber) -> None:
+        payload = {
+            "session_id": sub.hub.session_id,
+            "seq": frame.seq,
+            "timestamp": frame.timestamp,
+            "width": frame.width,
+            "height": frame.height,
+            "quality": min(sub.quality, frame.quality),
+            "encoding": sub.encoding,
+            "image": image.decode("ascii") if sub.encoding == "base64" else image,
+            "stats": sub.stats(),
+        }
+        await self._sio.emit("frame", payload, to=self.sid)
+
+    async def drained(self) -> None:
+        # Engine.IO's writer takes packets off this queue only after it has written the
+        # previous batch to the socket (which waits for TCP to drain): an empty queue means
+        # the client has taken everything but the frame now being written.
+        try:
+            eio_sid = self._sio.manager.eio_sid_from_sid(self.sid, "/")
+            sock = self._sio.eio.sockets.get(eio_sid) if eio_sid else None
+        except KeyError:
+            return
+        if sock is not None and not sock.closed:
+            await sock.queue.join()
+
+
+class SocketIOChannel:
+    """One Socket.IO connection (``events.ClientChannel``): it may subscribe to any session."""
+
+    def __init__(self, server: StreamServer, sid: str, encoding: str) -> None:
+        self.id = sid
+        self.settings = server.settings
+        self._transport = SocketIOTransport(server.sio, sid)
+        self.default_encoding = encoding
+        self.subscribe_extra: dict[str, Any] = {}
+        self.sub: Subscriber | None = None
+        self.subscribed_to: Session | None = None
+        self._server = server
+
+    @property
+    def transport(self) -> SocketIOTransport:
+        return self._transport
+
+    async def send(self, event: str, data: Any, reply: bool = True) -> None:
+        await self._server.sio.emit(event, data, to=self.id)
+
+    async def target(self, payload: dict[str, Any]) -> Session:
+        return await self._server.manager.lookup(v.string(payload, "session_id", 128))
+
+    async def input_session(self) -> Session:
+        if self.sub is None or self.subscribed_to is None:
+            raise SessionError("not subscribed to a session (send subscribe first)")
+        return await self._server.manager.lookup(self.subscribed_to.id)
+
+
+class StreamServer:
+    """The Socket.IO server and its clients' channels."""
+
+    def __init__(self, settings: Settings, manager: SessionManager) -> None:
+        self.settings = settings
+        self.manager = manager
+        origins: str | list[str] = "*" if settings.cors_origins == "*" else [
+            o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            cors_allowed_origins=origins,
+            max_http_buffer_size=settings.max_body_bytes,
+            ping_interval=20,
+            ping_timeout=20,
+            logger=False,
+            engineio_logger=False,
+        )
+        self._channels: dict[str, SocketIOChannel] = {}
+        manager.on_closed(self._session_closed)
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        for event in events.EVENTS:
+            if event != "ping":
+                self.sio.on(event, self._handler(event))
+        # ping answers through the Socket.IO ack, so a viewer can show its round trip.
+        self.sio.on("ping", self._ping)
+
+    def attach(self, app: web.Application) -> None:
+        self.sio.attach(app)
+
+    def _handler(self, event: str) -> Callable[..., Awaitable[None]]:
+        @functools.wraps(events.EVENTS[event])
+        async def run(sid: str, data: Any = None, *_extra: Any) -> None:
+            channel = self._channels.get(sid)
+            if channel is not None:
+                await events.dispatch(channel, event, data)
+        return run
+
+    async def _ping(self, sid: str, data: Any = None) -> dict[str, Any] | None:
+        channel = self._channels.get(sid)
+        return events.pong(channel, data) if channel is not None else None
+
+    async def _connect(self, sid: str, environ: dict[str, Any], _auth: Any = None) -> None:
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        encoding = (query.get("encoding") or [self.settings.frame_encoding])[0]
+        channel = SocketIOChannel(self, sid,
+                                  encoding if encoding in ("binary", "base64") else "binary")
+        self._channels[sid] = channel
+        await channel.send("status", {"message": "Connected to Jiomosa", "type": "connection",
+                                      "sid": sid})
+
+    async def _disconnect(self, sid: str, *_reason: Any) -> None:
+        channel = self._channels.pop(sid, None)
+        if channel is not None:
+            await events.unsubscribe(channel)
+
+    async def _session_closed(self, session: Session, reason: str) -> None:
+        for channel in list(self._channels.values()):
+            await events.session_closed(channel, session, reason)
+
+    async def shutdown(self) -> None:
+        for channel in list(self._channels.values()):
+            await events.unsubscribe(channel)
+        await asyncio.gather(*(self.sio.disconnect(sid) for sid in list(self._channels)),
+                             return_exceptions=True)
