@@ -16,7 +16,7 @@ from jiomosa.browser import driver
 from jiomosa.browser.page import BrowserPage
 from jiomosa.core.types import BrowserEndpoint, BrowserStartError, Viewport
 from jiomosa.core.urlpolicy import UrlPolicy
-from jiomosa_operator.builders import stray_sessions
+from jiomosa_operator.state import stray_sessions
 
 log = logging.getLogger(__name__)
 

@@ -31,22 +31,19 @@ from jiomosa.k8s import model
 from jiomosa.k8s.api import ApiError, KubeApi, pod_path, session_path
 from jiomosa.k8s.model import fmt_time, parse_time, utcnow
 from jiomosa_operator import browser
-from jiomosa_operator.builders import (
+from jiomosa_operator.builders import SessionSpec, SpecError, build_pod, pod_name
+from jiomosa_operator.settings import OperatorSettings
+from jiomosa_operator.state import (
     PodState,
-    SessionSpec,
-    SpecError,
-    build_pod,
     endpoints_status,
     expiry,
     is_transition,
     last_activity,
     phase_status,
-    pod_name,
     pod_state,
     set_condition,
     webdriver_url,
 )
-from jiomosa_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 

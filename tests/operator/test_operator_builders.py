@@ -25,25 +25,22 @@ from jiomosa.providers.kubernetes import (
     streamer_made,
     viewport_of,
 )
-from jiomosa_operator.builders import (
+from jiomosa_operator.builders import SessionSpec, SpecError, build_pod, pod_name
+from jiomosa_operator.handlers import BrowserSessionOperator, current_pod
+from jiomosa_operator.main import _tame_kopf
+from jiomosa_operator.settings import OperatorSettings, SettingsError, env_var
+from jiomosa_operator.state import (
     PodState,
-    SessionSpec,
-    SpecError,
-    build_pod,
     endpoints_status,
     expiry,
     last_activity,
     normalize_cdp_url,
     phase_status,
-    pod_name,
     pod_state,
     set_condition,
     stray_sessions,
     webdriver_url,
 )
-from jiomosa_operator.handlers import BrowserSessionOperator, current_pod
-from jiomosa_operator.main import _tame_kopf
-from jiomosa_operator.settings import OperatorSettings, SettingsError, env_var
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings()
