@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 HOST ?= 0.0.0.0
 PORT ?= 5000
 APT_PACKAGES := chromium chromium-driver redis-server redis-tools fonts-dejavu-core curl openssl \
-	gcc libc6-dev make
+	gcc libc6-dev make clang libclang-rt-14-dev iproute2
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps venv run test lint bench bench-fleet clean

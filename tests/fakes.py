@@ -159,7 +159,9 @@ class FakeBrowsers:
         return []
 
     # PageAttacher
-    async def attach(self, cdp_url: str, policy: UrlPolicy, viewport: Viewport) -> Page:
+    async def attach(self, endpoint: BrowserEndpoint, policy: UrlPolicy,
+                     viewport: Viewport) -> Page:
+        cdp_url = endpoint.cdp_url
         browser = self.by_url.get(cdp_url)
         if browser is None or browser.quit:
             raise ConnectionError(f"no browser at {cdp_url}")

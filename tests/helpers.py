@@ -91,6 +91,10 @@ document.body.addEventListener('mousedown', function () {
 </script></body></html>"""
 
 
+DOWNLOAD_NAME = "jiomosa-download-probe.bin"
+DOWNLOAD_BODY = b"jiomosa download probe\n" * 64
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: PageServer
 
@@ -168,6 +172,13 @@ def build_pages(trap: PageServer) -> PageServer:
 <a id="a" href="{pages.url('/static')}" target="_blank"
    style="display:block;position:absolute;left:0;top:0;width:400px;height:200px">open</a>""")
     trap.html("/", "<title>trap</title>secret")
+    # Downloads: a served attachment, and a page whose script clicks a download link to it.
+    pages.routes["/attachment"] = lambda _p: (
+        200, DOWNLOAD_BODY, "application/octet-stream",
+        {"Content-Disposition": f'attachment; filename="{DOWNLOAD_NAME}"'})
+    pages.html("/download", f"""<!doctype html><title>download</title>
+<a id="a" href="/attachment" download="{DOWNLOAD_NAME}">get</a>
+<script>document.getElementById('a').click();</script>""")
     return pages
 
 

@@ -19,7 +19,7 @@ import pytest
 from fakes import FakeBrowser, FakeBrowsers, FakePage, FakeTransport, LocalBus, settings
 
 from jiomosa.core.errors import ClientError, SessionError
-from jiomosa.core.types import SessionState, Viewport
+from jiomosa.core.types import BrowserEndpoint, SessionState, Viewport
 from jiomosa.core.urlpolicy import UrlPolicy
 from jiomosa.fleet.coordinator import SEQ_GAP, FleetManager
 from jiomosa.fleet.mirrors import MIRROR_LINGER
@@ -490,9 +490,10 @@ async def test_an_orphan_that_never_became_ready_is_forgotten(fleet: Fleet) -> N
     stay registered (listed, taken, unclosable) forever."""
     gate = asyncio.Event()
 
-    async def slow_attach(cdp_url: str, policy: UrlPolicy, viewport: Viewport) -> Page:
+    async def slow_attach(endpoint: BrowserEndpoint, policy: UrlPolicy,
+                          viewport: Viewport) -> Page:
         await gate.wait()
-        return await fleet.browsers.attach(cdp_url, policy, viewport)
+        return await fleet.browsers.attach(endpoint, policy, viewport)
 
     a = await fleet.start("a", attach=slow_attach, lease_ttl=0.2)
     b = await fleet.start("b")

@@ -21,11 +21,11 @@ from fakes import FakeBrowsers, FakePage, FakeTransport, settings
 from jiomosa.core import validation as v
 from jiomosa.core.errors import INTERNAL_ERROR, BadRequest, ClientError, SessionError, status_of
 from jiomosa.core.settings import Settings
-from jiomosa.core.types import BrowserStartError, SessionState, Viewport
+from jiomosa.core.types import BrowserEndpoint, BrowserStartError, SessionState, Viewport
 from jiomosa.core.urlpolicy import UrlPolicy, UrlRejected
 from jiomosa.frames.pacer import Subscriber
 from jiomosa.sessions.manager import SessionManager
-from jiomosa.sessions.session import LocalSession, Page, Session
+from jiomosa.sessions.session import LocalSession, Page, Session, Share
 from jiomosa.transports import events
 
 PUBLIC_URL = "http://93.184.216.34/"  # an IP literal: the policy decides without DNS
@@ -56,6 +56,7 @@ class FakeChannel:
         self.subscribe_extra: dict[str, Any] = dict(extra or {})
         self.sub: Subscriber | None = None
         self.subscribed_to: Session | None = None
+        self.grant: Share | None = None
         self.sent: list[tuple[str, Any, bool]] = []
         self.manager = manager
         self._transport = FakeTransport()
@@ -75,8 +76,8 @@ class FakeChannel:
             await self.gate.wait()
         self.sent.append((event, data, reply))
 
-    async def target(self, payload: dict[str, Any]) -> Session:
-        return await self.manager.lookup(v.string(payload, "session_id", 128))
+    async def target(self, payload: dict[str, Any]) -> tuple[Session, Share | None]:
+        return await self.manager.lookup(v.string(payload, "session_id", 128)), None
 
     async def input_session(self) -> Session:
         if self.sub is None or self.subscribed_to is None:
@@ -172,9 +173,10 @@ class FailingAttach(FakeBrowsers):
         super().__init__()
         self.attempts = 0
 
-    async def attach(self, cdp_url: str, policy: UrlPolicy, viewport: Viewport) -> Page:
+    async def attach(self, endpoint: BrowserEndpoint, policy: UrlPolicy,
+                     viewport: Viewport) -> Page:
         self.attempts += 1
-        raise ConnectionError(f"cannot reach {cdp_url}")
+        raise ConnectionError(f"cannot reach {endpoint.cdp_url}")
 
 
 class GatedAttach(FakeBrowsers):
@@ -185,10 +187,11 @@ class GatedAttach(FakeBrowsers):
         self.gate = asyncio.Event()
         self.attaching = asyncio.Event()
 
-    async def attach(self, cdp_url: str, policy: UrlPolicy, viewport: Viewport) -> Page:
+    async def attach(self, endpoint: BrowserEndpoint, policy: UrlPolicy,
+                     viewport: Viewport) -> Page:
         self.attaching.set()
         await self.gate.wait()
-        return await super().attach(cdp_url, policy, viewport)
+        return await super().attach(endpoint, policy, viewport)
 
 
 # ======================================================================= manager: create
@@ -770,7 +773,7 @@ async def test_an_unexpected_exception_is_an_internal_error_event(
     await events.dispatch(ch, "subscribe", {"session_id": s.id})
     ch.clear()
 
-    async def broken(kind: str, payload: Any) -> dict[str, Any]:
+    async def broken(kind: str, payload: Any, via: str | None = None) -> dict[str, Any]:
         raise RuntimeError("secret internals at 0xdeadbeef")
 
     monkeypatch.setattr(s, "input", broken)

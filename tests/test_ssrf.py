@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from aiohttp import web
 from helpers import Api, PageServer, free_port
+from netfixtures import LOCAL_NAT64_METADATA, LenientServer, loopback_address
 
 BLOCKED_URLS = [
     "http://127.0.0.1/",
@@ -26,6 +27,16 @@ BLOCKED_URLS = [
     "http://100.64.0.1/",
     "http://0.0.0.0/",
     "http://[fd00:ec2::254]/",
+    # IPv6 forms that embed a private IPv4 address, and special-purpose ranges (issue 10)
+    "http://[64:ff9b:1::a9fe:a9fe]/",
+    "http://[2002:a9fe:a9fe::]/",
+    "http://[::ffff:0:169.254.169.254]/",
+    "http://[::127.0.0.1]/",
+    "http://[::a9fe:a9fe]/",
+    "http://[2001::5601:5601]/",
+    "http://192.0.2.2/",
+    "http://198.51.100.1/",
+    "http://203.0.113.1/",
 ]
 
 
@@ -112,3 +123,30 @@ s.onerror = function () {{ document.title = "error"; }};
         assert hits == [f"127.0.0.5:{port}"]
     finally:
         await runner.cleanup()
+
+
+async def test_fake_metadata_on_local_use_nat64_is_not_reached(
+        api: Api, pages: PageServer) -> None:
+    """The review's reproduction: a fake metadata server on 64:ff9b:1::a9fe:a9fe (added to lo)
+    was loaded and its title came back in page_info. Neither a create nor a page's fetch,
+    image or iframe may reach it. (The address carries 16 bits of this process's in the
+    middle, so that concurrent test runs do not remove each other's.)"""
+    address = LOCAL_NAT64_METADATA
+    with loopback_address(address):
+        metadata = await LenientServer("metadata").listen(address)
+        try:
+            url = metadata.url(address, "/latest/meta-data/")
+            status, data = await api.call("POST", "/api/session/create", {"url": url})
+            assert status == 400, data
+            pages.html("/nat64", f"""<!doctype html><title>nat64</title>
+<img src="{metadata.url(address, '/secret-img')}">
+<iframe src="{metadata.url(address, '/secret-iframe')}"></iframe>
+<script>fetch("{metadata.url(address, '/secret-fetch')}").then(
+  function () {{ document.title = "reached"; }},
+  function () {{ document.title = "blocked"; }});</script>""")
+            sid = (await api.create(url=pages.url("/nat64")))["session_id"]
+            assert await api.wait_title(sid, lambda t: t != "nat64") == "blocked"
+            await api.close(sid)
+        finally:
+            await metadata.close()
+    assert metadata.seen == []

@@ -26,6 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
     ("100.64.0.1", False), ("::1", False), ("fe80::1", False), ("fc00::1", False),
     ("::ffff:10.0.0.1", False), ("::ffff:8.8.8.8", True), ("224.0.0.1", False),
     ("0.0.0.0", False), ("64:ff9b::a00:1", False),
+    # IPv6 forms judged by the IPv4 they embed (issue 10); more in tests/test_urlpolicy.py.
+    ("64:ff9b:1::a9fe:a9fe", False), ("2002:a9fe:a9fe::", False),
+    ("::ffff:0:169.254.169.254", False), ("::127.0.0.1", False), ("::a9fe:a9fe", False),
+    ("2001::5601:5601", False), ("2002:808:808::", True), ("64:ff9b::808:808", True),
+    ("192.0.2.1", False), ("198.51.100.1", False), ("203.0.113.1", False),
+    ("198.18.0.1", False), ("ff0e::1", False),
 ])
 def test_ip_policy(ip: str, allowed: bool) -> None:
     assert UrlPolicy().ip_allowed(ipaddress.ip_address(ip)) is allowed

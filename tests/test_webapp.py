@@ -195,7 +195,8 @@ def test_launcher_viewer_input_and_controls(
 
     sid = open_from_launcher(driver, base, pages.url("/app"))
     try:
-        assert driver.current_url.endswith(f"#view={sid}")
+        # The session id (its owner's key) stays in storage, out of the address bar.
+        assert driver.current_url.endswith("#view") and sid not in driver.current_url
         status, info = rest(base, "GET", f"/api/session/{sid}/info")
         assert status == 200 and info["page_info"]["url"] == pages.url("/app")
         # The canvas shows the page: the grey button at frame (200, 150), white around it.
@@ -393,3 +394,126 @@ def test_viewer_reconnects_after_network_loss(
         if sid:
             rest(streamer.base, "POST", f"/api/session/{sid}/close")
 
+
+
+# --------------------------------------------------------------------------- someone else's session
+def stored_sid(driver: WebDriver) -> str | None:
+    return driver.execute_script("return localStorage.getItem('jiomosa.sid')")  # type: ignore[no-any-return]
+
+
+def everything_the_page_knows(driver: WebDriver) -> str:
+    """The viewer's URL, DOM, storage and live figures, as one text."""
+    return json.dumps([driver.current_url, driver.page_source, driver.execute_script(
+        "var s = {}; for (var i = 0; i < localStorage.length; i++) {"
+        "  var k = localStorage.key(i); s[k] = localStorage.getItem(k); }"
+        "return [s, JSON.stringify(window.jiomosa || null)];")])
+
+
+def test_a_view_link_is_not_adopted_as_the_visitors_session(
+        browser: Callable[..., WebDriver], streamer: StreamerProcess, pages: PageServer) -> None:
+    """Session fixation: an attacker opens a page with a login form in a session of its own and
+    sends the victim a ``#view=<id>`` link. The victim's app must not take that session as its
+    own: what the victim types must never reach the attacker's page."""
+    base = streamer.base
+    status, made = rest(base, "POST", "/api/session/create", {"url": pages.url("/app")})
+    assert status == 201, made
+    attacker = made["session_id"]
+    driver = browser(width=640, height=480)
+    own = ""
+    try:
+        own = open_from_launcher(driver, base, pages.url("/static"))  # the victim's own session
+        driver.get("about:blank")
+        driver.get(f"{base}/#view={attacker}")  # the victim follows the link
+
+        def settled() -> bool:
+            warning = driver.find_elements(By.ID, "launcher-msg")
+            return bool(live(driver).get("subscribed") or (
+                warning and warning[0].is_displayed() and warning[0].text))
+        wait_until(settled, what="the link handled (a viewer or a warning)")
+        # The victim types a password wherever the app put the focus, and in its text bar.
+        ActionChains(driver).send_keys("hunter2", Keys.ENTER).perform()
+        if driver.find_element(By.ID, "kbd-btn").is_displayed():
+            driver.find_element(By.ID, "kbd-btn").click()
+            driver.find_element(By.ID, "kbd-input").send_keys("hunter2", Keys.ENTER)
+        # Nothing reaches the attacker's page (its title reports keys and typed text).
+        typed = ""
+        with contextlib.suppress(AssertionError):
+            typed = wait_until(lambda: title(base, attacker) != "app" and title(base, attacker),
+                               timeout=4, what="input at the attacker's page")
+        assert not typed, f"the victim's typing reached the attacker's session: {typed}"
+        # The app refused the link visibly and kept the victim's own session.
+        assert driver.find_element(By.ID, "launcher").is_displayed()
+        assert not driver.find_element(By.ID, "viewer").is_displayed()
+        warning = driver.find_element(By.ID, "launcher-msg").text
+        assert "not yours" in warning, warning
+        assert stored_sid(driver) == own
+        wait_until(lambda: driver.find_element(By.ID, "resume").is_displayed(),
+                   what="Back to the victim's own page")
+        assert rest(base, "GET", f"/api/session/{attacker}/info")[1]["subscribers"] == 0
+    finally:
+        rest(base, "POST", f"/api/session/{attacker}/close")
+        if own:
+            rest(base, "POST", f"/api/session/{own}/close")
+
+
+def test_a_share_link_opens_a_marked_read_only_viewer(
+        browser: Callable[..., WebDriver], streamer: StreamerProcess, pages: PageServer) -> None:
+    """The owner makes a share link in the viewer's menu; on a 240x320 KaiOS-like phone the
+    link shows the session marked as shared and read-only, sends no input and never learns
+    the session's id; Stop cuts the viewer off. A link that grants input lets a viewer tap."""
+    base = streamer.base
+    owner = browser(width=900, height=700)
+    sid = open_from_launcher(owner, base, pages.url("/app"))
+    try:
+        owner.find_element(By.ID, "menu-btn").click()
+        owner.find_element(By.ID, "share-btn").click()
+        link = wait_until(lambda: owner.find_element(By.ID, "share-url").get_attribute("value"),
+                          what="the share link")
+        assert owner.find_element(By.ID, "share-box").is_displayed()
+        assert re.search(r"/#share=[A-Za-z0-9_-]{32}$", link) and sid not in link, link
+
+        phone = browser(mobile={"deviceMetrics": {"width": 240, "height": 320, "pixelRatio": 1.0,
+                                                  "touch": True}, "userAgent": KAIOS_UA})
+        phone.get(link)
+        wait_until(lambda: live(phone).get("drawn", 0) > 0, timeout=30, what="frames drawn")
+        bar = phone.find_element(By.ID, "shared-bar")
+        assert bar.is_displayed() and bar.text == "Viewing a shared session \u2014 read only"
+        assert phone.execute_script("return document.documentElement.scrollWidth") <= 240
+        assert not phone.find_element(By.ID, "kbd-btn").is_displayed()
+        phone.find_element(By.ID, "menu-btn").click()
+        assert not phone.find_element(By.ID, "close-session").is_displayed()
+        assert not phone.find_element(By.ID, "share-btn").is_displayed()
+        phone.find_element(By.ID, "menu-btn").click()
+        # Taps, the D-pad and keys send nothing.
+        tap(phone, *to_viewport(phone, 200, 150))
+        ActionChains(phone).send_keys(Keys.ENTER, "x", Keys.ARROW_DOWN).perform()
+        mouse_click_frame(owner, 200, 150)  # the owner's click is the first the page counts
+        wait_until(lambda: title(base, sid) == "count:1", what="the owner's click")
+        assert live(phone)["acks"] == 0 and not live(phone)["errors"], live(phone)
+        assert title(base, sid) == "count:1"
+        # The viewer knows the share, not the session: nothing of the id anywhere.
+        assert live(phone)["share"].startswith("share-")
+        assert sid not in everything_the_page_knows(phone)
+        assert stored_sid(phone) is None
+
+        # Stop: the viewer is told at once; the owner keeps its session.
+        owner.find_element(By.ID, "share-stop").click()
+        wait_until(lambda: phone.find_element(By.ID, "ended").is_displayed(), what="ended")
+        assert "stopped sharing" in phone.find_element(By.ID, "ended-msg").text
+        assert not phone.find_element(By.ID, "restart").is_displayed()
+        assert rest(base, "GET", f"/api/session/{sid}/info")[1]["status"] == "ready"
+        assert stored_sid(owner) == sid
+
+        # A link that grants input: the viewer's tap reaches the page.
+        status, share = rest(base, "POST", f"/api/session/{sid}/share", {"input": True})
+        assert status == 201
+        phone.get("about:blank")
+        phone.get(f"{base}/#share={share['share_token']}")
+        wait_until(lambda: live(phone).get("drawn", 0) > 0 and live(phone)["subscribed"],
+                   timeout=30, what="frames drawn")
+        assert phone.find_element(By.ID, "shared-bar").text.endswith("you can control it")
+        tap(phone, *to_viewport(phone, 200, 150))
+        wait_until(lambda: title(base, sid) == "count:2", what="the viewer's tap")
+        assert sid not in everything_the_page_knows(phone)
+    finally:
+        rest(base, "POST", f"/api/session/{sid}/close")

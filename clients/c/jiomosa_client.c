@@ -9,7 +9,12 @@
  * window and forwards mouse, wheel and keys. docs/clients.md and docs/protocol.md describe it.
  *
  * Memory: one receive buffer that grows to the largest message (a frame is tens to a few
- * hundred KB) plus a 16 KB socket buffer; nothing is queued. Peak RSS is printed at exit.
+ * hundred KB; -m bounds it, 16 MiB by default) plus a 16 KB socket buffer; nothing is queued.
+ * Peak RSS is printed at exit.
+ *
+ * Everything that parses bytes from the network (WebSocket frames, the JMF header, the HTTP
+ * upgrade answer, JSON lookups) is in jiomosa_proto.c, which never touches a socket, so
+ * fuzz/fuzz_client.c can drive it from a buffer.
  *
  * Output (stdout, one line each, for people and scripts):
  *   session ID
@@ -17,7 +22,8 @@
  *   event {...json text message...}
  *   done frames=N bytes=B seconds=S peak_rss_kb=K
  * Exit status: 0 finished (frame/time limit, or the server ended the session), 1 usage,
- * 2 network/HTTP error, 3 protocol error.
+ * 2 network/HTTP error, 3 protocol error (a frame the client cannot accept: it prints why,
+ * sends the matching close code and closes the connection).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -41,15 +47,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "jiomosa_proto.h"
+
 #ifdef JIOMOSA_SDL
 #include <SDL.h>
 #include <SDL_image.h>
 #endif
 
-#define MAX_MESSAGE (16u * 1024u * 1024u) /* refuse larger WebSocket messages */
-#define HTTP_MAX (64u * 1024u)            /* largest REST answer read */
-#define FRAME_MAGIC "JMF"
-#define FRAME_HEADER_MIN 24
+#define HTTP_MAX (64u * 1024u) /* largest REST answer read */
+#define HTTP_HEAD_MAX 4096     /* largest HTTP response head accepted */
 
 enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_NET = 2, EXIT_PROTO = 3 };
 
@@ -70,6 +76,7 @@ struct options {
     int quality, fps;
     int keep;
     int verbose;
+    size_t max_message; /* -m: largest WebSocket message accepted */
 };
 
 static volatile sig_atomic_t g_stop = 0;
@@ -82,6 +89,15 @@ static void die(int code, const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+    exit(code);
+}
+
+/* die() for messages that quote bytes from the server: control characters are escaped, so an
+ * answer cannot forge lines of output or send terminal escapes. */
+static void die_with_text(int code, const char *what, const char *text, size_t len) {
+    fprintf(stderr, "jiomosa-client: %s: ", what);
+    jm_print_text(stderr, (const uint8_t *)text, len);
+    fputc('\n', stderr);
     exit(code);
 }
 
@@ -112,72 +128,6 @@ static uint32_t rng_next(void) { /* xorshift64*: masks need to be unpredictable,
     g_rng ^= g_rng << 25;
     g_rng ^= g_rng >> 27;
     return (uint32_t)((g_rng * 0x2545F4914F6CDD1Dull) >> 32);
-}
-
-/* ------------------------------------------------------------------ SHA-1 and base64 */
-struct sha1 { uint32_t h[5]; uint64_t len; uint8_t buf[64]; size_t n; };
-
-static uint32_t rol(uint32_t v, int b) { return (v << b) | (v >> (32 - b)); }
-
-static void sha1_block(struct sha1 *s, const uint8_t *p) {
-    uint32_t w[80], a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3], e = s->h[4];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 80; i++) w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999; }
-        else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1; }
-        else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDC; }
-        else { f = b ^ c ^ d; k = 0xCA62C1D6; }
-        uint32_t t = rol(a, 5) + f + e + k + w[i];
-        e = d; d = c; c = rol(b, 30); b = a; a = t;
-    }
-    s->h[0] += a; s->h[1] += b; s->h[2] += c; s->h[3] += d; s->h[4] += e;
-}
-
-static void sha1_init(struct sha1 *s) {
-    static const uint32_t h0[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-    memcpy(s->h, h0, sizeof h0);
-    s->len = 0;
-    s->n = 0;
-}
-
-static void sha1_update(struct sha1 *s, const void *data, size_t len) {
-    const uint8_t *p = data;
-    s->len += len;
-    while (len--) {
-        s->buf[s->n++] = *p++;
-        if (s->n == 64) { sha1_block(s, s->buf); s->n = 0; }
-    }
-}
-
-static void sha1_final(struct sha1 *s, uint8_t out[20]) {
-    uint64_t bits = s->len * 8;
-    uint8_t pad = 0x80, zero = 0, lenbuf[8];
-    sha1_update(s, &pad, 1);
-    while (s->n != 56) sha1_update(s, &zero, 1);
-    for (int i = 0; i < 8; i++) lenbuf[i] = (uint8_t)(bits >> (56 - 8 * i));
-    sha1_update(s, lenbuf, 8);
-    for (int i = 0; i < 20; i++) out[i] = (uint8_t)(s->h[i / 4] >> (24 - 8 * (i % 4)));
-}
-
-static void base64(const uint8_t *in, size_t n, char *out) {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        *out++ = tab[v >> 18]; *out++ = tab[(v >> 12) & 63];
-        *out++ = tab[(v >> 6) & 63]; *out++ = tab[v & 63];
-    }
-    if (i < n) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
-        *out++ = tab[v >> 18]; *out++ = tab[(v >> 12) & 63];
-        *out++ = i + 1 < n ? tab[(v >> 6) & 63] : '=';
-        *out++ = '=';
-    }
-    *out = '\0';
 }
 
 /* ------------------------------------------------------------------ sockets */
@@ -253,74 +203,22 @@ static int read_exact(struct reader *r, void *dst, size_t len) {
     return 1;
 }
 
-/* Reads HTTP response headers (up to the blank line) into out; returns the status code. */
+/* Reads HTTP response headers (up to the blank line) into out; returns the status code, or 0
+ * if the connection ended first. A head that does not fit is refused: its tail would
+ * otherwise be taken for the body (or for WebSocket frames). */
 static int read_http_head(struct reader *r, char *out, size_t cap) {
     size_t n = 0;
-    while (n + 1 < cap) {
-        if (!read_exact(r, out + n, 1)) break;
+    for (;;) {
+        if (n + 1 >= cap) die(EXIT_PROTO, "HTTP answer head longer than %zu bytes", cap - 1);
+        if (!read_exact(r, out + n, 1)) {
+            out[n] = '\0';
+            return 0;
+        }
         n++;
         if (n >= 4 && memcmp(out + n - 4, "\r\n\r\n", 4) == 0) break;
     }
     out[n] = '\0';
-    int status = 0;
-    if (sscanf(out, "HTTP/1.%*d %d", &status) != 1) return 0;
-    return status;
-}
-
-static const char *header_value(const char *head, const char *name, char *out, size_t cap) {
-    size_t nl = strlen(name);
-    for (const char *line = strstr(head, "\r\n"); line && line[2]; line = strstr(line + 2, "\r\n")) {
-        const char *h = line + 2;
-        if (strncasecmp(h, name, nl) == 0 && h[nl] == ':') {
-            h += nl + 1;
-            while (*h == ' ' || *h == '\t') h++;
-            size_t i = 0;
-            while (h[i] && h[i] != '\r' && i + 1 < cap) { out[i] = h[i]; i++; }
-            out[i] = '\0';
-            return out;
-        }
-    }
-    return NULL;
-}
-
-/* ------------------------------------------------------------------ tiny JSON helpers */
-/* The string value of "key" in a flat JSON text (enough for the server's answers). */
-static int json_string(const char *json, const char *key, char *out, size_t cap) {
-    char pat[80];
-    snprintf(pat, sizeof pat, "\"%s\"", key);
-    const char *p = strstr(json, pat);
-    if (!p) return 0;
-    p += strlen(pat);
-    while (*p == ' ' || *p == ':') p++;
-    if (*p != '"') return 0;
-    p++;
-    size_t i = 0;
-    while (*p && *p != '"' && i + 1 < cap) {
-        if (*p == '\\' && p[1]) p++;
-        out[i++] = *p++;
-    }
-    out[i] = '\0';
-    return *p == '"';
-}
-
-/* The last integer value of "key" (the envelope's top-level "id" comes last). */
-static long json_last_int(const char *json, const char *key) {
-    char pat[80];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = NULL;
-    for (const char *q = strstr(json, pat); q; q = strstr(q + 1, pat)) p = q;
-    return p ? strtol(p + strlen(pat), NULL, 10) : -1;
-}
-
-static void json_escape(const char *in, char *out, size_t cap) {
-    size_t i = 0;
-    for (; *in && i + 7 < cap; in++) {
-        unsigned char c = (unsigned char)*in;
-        if (c == '"' || c == '\\') { out[i++] = '\\'; out[i++] = (char)c; }
-        else if (c < 0x20) i += (size_t)snprintf(out + i, cap - i, "\\u%04x", c);
-        else out[i++] = (char)c;
-    }
-    out[i] = '\0';
+    return jm_http_status(out);
 }
 
 /* ------------------------------------------------------------------ REST */
@@ -340,9 +238,9 @@ static int http_json(const struct options *o, const char *method, const char *pa
     struct reader *r = calloc(1, sizeof *r);
     if (!r) die(EXIT_NET, "out of memory");
     r->fd = fd;
-    char rhead[4096], value[64];
+    char rhead[HTTP_HEAD_MAX], value[64];
     int status = read_http_head(r, rhead, sizeof rhead);
-    if (header_value(rhead, "Transfer-Encoding", value, sizeof value))
+    if (jm_header_value(rhead, "Transfer-Encoding", value, sizeof value))
         die(EXIT_PROTO, "chunked HTTP answers are not supported");
     size_t got = 0;
     while (got + 1 < cap && reader_fill(r)) { /* Connection: close: the body ends at EOF */
@@ -360,15 +258,21 @@ static int http_json(const struct options *o, const char *method, const char *pa
 
 static void create_session(const struct options *o, char *id, size_t cap) {
     char url[2048], body[2400], resp[HTTP_MAX];
-    json_escape(o->url, url, sizeof url);
+    jm_json_escape(o->url, url, sizeof url);
     if (o->width && o->height)
         snprintf(body, sizeof body, "{\"url\":\"%s\",\"width\":%d,\"height\":%d,\"mobile\":%s}",
                  url, o->width, o->height, o->width < 800 ? "true" : "false");
     else
         snprintf(body, sizeof body, "{\"url\":\"%s\"}", url);
     int status = http_json(o, "POST", "/api/session/create", body, resp, sizeof resp);
-    if (status != 201 || !json_string(resp, "session_id", id, cap))
-        die(EXIT_NET, "session create failed (HTTP %d): %s", status, resp);
+    if (status == 201 && jm_json_string(resp, "session_id", id, cap) &&
+        !jm_session_id_valid(id)) /* it goes into request lines: no CR/LF, '/' or '?' */
+        die(EXIT_PROTO, "the server answered with an invalid session id");
+    if (status != 201 || !jm_json_string(resp, "session_id", id, cap)) {
+        char what[64];
+        snprintf(what, sizeof what, "session create failed (HTTP %d)", status);
+        die_with_text(EXIT_NET, what, resp, strlen(resp));
+    }
     printf("session %s\n", id);
     fflush(stdout);
 }
@@ -377,12 +281,14 @@ static void close_session(const struct options *o, const char *id) {
     char path[512], resp[4096];
     snprintf(path, sizeof path, "/api/session/%s/close", id);
     int status = http_json(o, "POST", path, "{}", resp, sizeof resp);
-    if (o->verbose) fprintf(stderr, "close: HTTP %d %s\n", status, resp);
+    if (o->verbose) {
+        fprintf(stderr, "close: HTTP %d ", status);
+        jm_print_text(stderr, (const uint8_t *)resp, strlen(resp));
+        fputc('\n', stderr);
+    }
 }
 
 /* ------------------------------------------------------------------ WebSocket */
-enum { OP_CONT = 0, OP_TEXT = 1, OP_BINARY = 2, OP_CLOSE = 8, OP_PING = 9, OP_PONG = 10 };
-
 /* Client frames are masked (RFC 6455 5.3); payloads here are small control/JSON texts.
  * Returns 0, or -1 if the connection is gone. */
 static int ws_try_send(int fd, int opcode, const void *data, size_t len) {
@@ -420,7 +326,7 @@ static void ws_send(int fd, int opcode, const void *data, size_t len) {
         die(EXIT_NET, "send failed: %s", strerror(errno));
 }
 
-static void ws_send_text(int fd, const char *text) { ws_send(fd, OP_TEXT, text, strlen(text)); }
+static void ws_send_text(int fd, const char *text) { ws_send(fd, JM_OP_TEXT, text, strlen(text)); }
 
 static void ws_connect(const struct options *o, struct reader *r, const char *id) {
     uint8_t nonce[16];
@@ -428,8 +334,8 @@ static void ws_connect(const struct options *o, struct reader *r, const char *id
         uint32_t v = rng_next();
         memcpy(nonce + i, &v, 4);
     }
-    char key[32], query[64] = "", req[1024], expected[32];
-    base64(nonce, sizeof nonce, key);
+    char key[32], query[64] = "", req[1024];
+    jm_base64(nonce, sizeof nonce, key);
     if (o->fps || o->quality) {
         int n = 0;
         if (o->fps) n += snprintf(query + n, sizeof query - (size_t)n, "?fps=%d", o->fps);
@@ -444,13 +350,11 @@ static void ws_connect(const struct options *o, struct reader *r, const char *id
                      o->prefix, id, query, o->host, o->port, key);
     if (n < 0 || (size_t)n >= sizeof req) die(EXIT_USAGE, "request too long");
     send_all(r->fd, req, (size_t)n);
-    char head[4096], accept[64];
+    char head[HTTP_HEAD_MAX], why[128];
     int status = read_http_head(r, head, sizeof head);
     if (status != 101) { /* a JSON error; the connection stays open, so read Content-Length */
-        char body[1024] = "", length[16] = "0";
-        size_t got = 0, want = 0;
-        header_value(head, "Content-Length", length, sizeof length);
-        want = (size_t)strtoul(length, NULL, 10);
+        char body[1024] = "";
+        size_t got = 0, want = jm_content_length(head);
         if (want > sizeof body - 1) want = sizeof body - 1;
         while (got < want && reader_fill(r)) {
             size_t take = r->len - r->pos;
@@ -459,105 +363,36 @@ static void ws_connect(const struct options *o, struct reader *r, const char *id
             r->pos += take;
             got += take;
         }
-        body[got] = '\0';
-        die(EXIT_NET, "stream refused (HTTP %d): %s", status, body);
+        char what[64];
+        snprintf(what, sizeof what, "stream refused (HTTP %d)", status);
+        die_with_text(EXIT_NET, what, body, got);
     }
     /* Sec-WebSocket-Accept = base64(SHA-1(key + GUID)) proves a WebSocket server answered. */
-    struct sha1 s;
-    uint8_t digest[20];
-    sha1_init(&s);
-    sha1_update(&s, key, strlen(key));
-    sha1_update(&s, "258EAFA5-E914-47DA-95CA-C5AB0DC85B11", 36);
-    sha1_final(&s, digest);
-    base64(digest, sizeof digest, expected);
-    if (!header_value(head, "Sec-WebSocket-Accept", accept, sizeof accept) ||
-        strcmp(accept, expected) != 0)
-        die(EXIT_PROTO, "bad Sec-WebSocket-Accept in the handshake");
+    if (jm_ws_check_upgrade(head, key, why, sizeof why) != 0) die(EXIT_PROTO, "%s", why);
 }
 
-struct message { uint8_t *data; size_t len, cap; int opcode; };
 
-static void message_reserve(struct message *m, size_t need) {
-    if (need <= m->cap) return;
-    if (need > MAX_MESSAGE) die(EXIT_PROTO, "message of %zu bytes is too large", need);
-    size_t cap = m->cap ? m->cap : 65536;
-    while (cap < need) cap *= 2;
-    uint8_t *p = realloc(m->data, cap + 1);
-    if (!p) die(EXIT_NET, "out of memory for a %zu-byte message", need);
-    m->data = p;
-    m->cap = cap;
-}
+/* Reads until one whole message is there (data frames reassembled by jiomosa_proto.c, pings
+ * answered on the way, pongs dropped). Returns its opcode (close frames included), WS_GONE when
+ * the connection ended, or WS_FAILED when the server sent something the decoder refuses
+ * (d->error says what, d->fail_code is the close code to answer with). */
+enum { WS_GONE = -1, WS_FAILED = -2 };
 
-/* Reads one whole message (data frames reassembled; pings answered on the way).
- * Returns its opcode, or -1 when the connection ended. Close frames are returned too. */
-static int ws_read(struct reader *r, struct message *m) {
-    m->len = 0;
-    m->opcode = -1;
+static int ws_read(struct reader *r, struct jm_ws *d, struct jm_msg *m) {
     for (;;) {
-        uint8_t h[2];
-        if (!read_exact(r, h, 2)) return -1;
-        int fin = h[0] & 0x80, opcode = h[0] & 0x0F;
-        if (h[1] & 0x80) die(EXIT_PROTO, "the server masked a frame");
-        uint64_t len = h[1] & 0x7F;
-        if (len == 126 || len == 127) {
-            uint8_t ext[8];
-            size_t n = len == 126 ? 2 : 8;
-            if (!read_exact(r, ext, n)) return -1;
-            len = 0;
-            for (size_t i = 0; i < n; i++) len = len << 8 | ext[i];
+        if (!reader_fill(r)) return WS_GONE;
+        size_t used;
+        int rc = jm_ws_feed(d, r->buf + r->pos, r->len - r->pos, &used, m);
+        r->pos += used;
+        if (rc == JM_WS_ERROR) return WS_FAILED;
+        if (rc == JM_WS_MORE) continue;
+        if (m->opcode == JM_OP_PING) {
+            if (ws_try_send(r->fd, JM_OP_PONG, m->data, m->len) != 0) return WS_GONE;
+            continue;
         }
-        if (opcode >= 8) { /* control frames: at most 125 bytes, never fragmented */
-            uint8_t ctl[125];
-            if (len > sizeof ctl || !fin) die(EXIT_PROTO, "bad control frame");
-            if (!read_exact(r, ctl, (size_t)len)) return -1;
-            if (opcode == OP_PING) {
-                ws_send(r->fd, OP_PONG, ctl, (size_t)len);
-                continue;
-            }
-            if (opcode == OP_PONG) continue;
-            if (opcode == OP_CLOSE) {
-                message_reserve(m, (size_t)len);
-                memcpy(m->data, ctl, (size_t)len);
-                m->len = (size_t)len;
-                m->opcode = OP_CLOSE;
-                return OP_CLOSE;
-            }
-            die(EXIT_PROTO, "unknown control opcode %d", opcode);
-        }
-        if (opcode == OP_CONT ? m->opcode < 0 : m->opcode >= 0)
-            die(EXIT_PROTO, "bad fragmentation");
-        if (opcode != OP_CONT) m->opcode = opcode;
-        message_reserve(m, m->len + (size_t)len);
-        if (!read_exact(r, m->data + m->len, (size_t)len)) return -1;
-        m->len += (size_t)len;
-        if (fin) {
-            m->data[m->len] = '\0'; /* texts can be used as C strings */
-            return m->opcode;
-        }
+        if (m->opcode == JM_OP_PONG) continue;
+        return m->opcode;
     }
-}
-
-/* ------------------------------------------------------------------ frames */
-struct frame { uint32_t seq; unsigned width, height, quality; uint64_t ts_ms;
-               const uint8_t *jpeg; size_t jpeg_len; };
-
-static uint32_t be32(const uint8_t *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static int parse_frame(const struct message *m, struct frame *f) {
-    const uint8_t *p = m->data;
-    if (m->len < FRAME_HEADER_MIN || memcmp(p, FRAME_MAGIC, 3) != 0 || p[3] != 1) return 0;
-    size_t hlen = p[4];
-    if (hlen < FRAME_HEADER_MIN || hlen + 2 > m->len) return 0;
-    f->quality = p[5];
-    f->seq = be32(p + 8);
-    f->width = (unsigned)p[12] << 8 | p[13];
-    f->height = (unsigned)p[14] << 8 | p[15];
-    f->ts_ms = (uint64_t)be32(p + 16) << 32 | be32(p + 20);
-    f->jpeg = p + hlen;
-    f->jpeg_len = m->len - hlen;
-    return f->jpeg[0] == 0xFF && f->jpeg[1] == 0xD8;
 }
 
 static void write_file(const char *path, const uint8_t *data, size_t len) {
@@ -566,7 +401,7 @@ static void write_file(const char *path, const uint8_t *data, size_t len) {
         die(EXIT_NET, "cannot write %s: %s", path, strerror(errno));
 }
 
-static void save_frame(const struct options *o, const struct frame *f) {
+static void save_frame(const struct options *o, const struct jm_frame *f) {
     char path[4096], tmp[4200];
     if (o->latest_only) { /* replaced atomically: a viewer never reads half a picture */
         snprintf(path, sizeof path, "%s/latest.jpg", o->out_dir);
@@ -586,7 +421,7 @@ static SDL_Renderer *g_ren;
 static SDL_Texture *g_tex;
 static int g_tex_w, g_tex_h;
 
-static void display_frame(const struct frame *f) {
+static void display_frame(const struct jm_frame *f) {
     if (!g_win) {
         if (SDL_Init(SDL_INIT_VIDEO) != 0) die(EXIT_NET, "SDL: %s", SDL_GetError());
         IMG_Init(IMG_INIT_JPG);
@@ -650,7 +485,7 @@ static void display_events(int fd) {
             snprintf(msg, sizeof msg, "{\"event\":\"input:key\",\"data\":{\"key\":\"%s\"}}",
                      sdl_key_name(ev.key.keysym.sym));
         else if (ev.type == SDL_TEXTINPUT) {
-            json_escape(ev.text.text, text, sizeof text);
+            jm_json_escape(ev.text.text, text, sizeof text);
             snprintf(msg, sizeof msg, "{\"event\":\"input:text\",\"data\":{\"text\":\"%s\"}}",
                      text);
         }
@@ -699,9 +534,26 @@ static void usage(const char *argv0) {
             "  -q Q        fixed JPEG quality 10-90 (default: adaptive)\n"
             "  -f FPS      frame-rate cap 1-60\n"
             "  -k          keep the session open at exit (default: close it if created here)\n"
-            "  -v          print every text message\n",
-            argv0);
+            "  -v          print every text message\n"
+            "  -m BYTES    largest WebSocket message accepted, K/M suffixes allowed\n"
+            "              (default %uM; a larger one ends the connection, exit 3)\n",
+            argv0, (unsigned)(JIOMOSA_MAX_MESSAGE >> 20));
     exit(EXIT_USAGE);
+}
+
+/* -m BYTES[K|M]: a whole number within the decoder's bounds. */
+static size_t parse_size(const char *s) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    unsigned long long unit = *end == 'K' || *end == 'k' ? 1024u
+                             : *end == 'M' || *end == 'm' ? 1024u * 1024u : 1u;
+    if (unit > 1) end++;
+    if (errno || end == s || *end || s[0] == '-' || v > JM_MAX_MESSAGE_CEILING / unit ||
+        v * unit < JM_MAX_MESSAGE_MIN)
+        die(EXIT_USAGE, "-m wants %u to %u bytes (K and M suffixes allowed): %s",
+            JM_MAX_MESSAGE_MIN, JM_MAX_MESSAGE_CEILING, s);
+    return (size_t)(v * unit);
 }
 
 static void parse_base(struct options *o, const char *base) {
@@ -734,9 +586,10 @@ static void parse_base(struct options *o, const char *base) {
 int main(int argc, char **argv) {
     struct options o;
     memset(&o, 0, sizeof o);
+    o.max_message = JIOMOSA_MAX_MESSAGE;
     const char *base = "http://127.0.0.1:5000";
     int c;
-    while ((c = getopt(argc, argv, "s:S:w:o:ln:t:c:q:f:kvh")) != -1) {
+    while ((c = getopt(argc, argv, "s:S:w:o:ln:t:c:q:f:kvm:h")) != -1) {
         switch (c) {
         case 's': base = optarg; break;
         case 'S': o.session_id = optarg; break;
@@ -753,11 +606,14 @@ int main(int argc, char **argv) {
         case 'f': o.fps = atoi(optarg); break;
         case 'k': o.keep = 1; break;
         case 'v': o.verbose = 1; break;
+        case 'm': o.max_message = parse_size(optarg); break;
         default: usage(argv[0]);
         }
     }
     o.url = optind < argc ? argv[optind] : NULL;
     if (!o.url && !o.session_id) usage(argv[0]);
+    if (o.session_id && !jm_session_id_valid(o.session_id))
+        die(EXIT_USAGE, "not a session id: %s", o.session_id);
     parse_base(&o, base);
     rng_init();
     struct sigaction sa;
@@ -777,8 +633,10 @@ int main(int argc, char **argv) {
     }
 
     struct reader *r = calloc(1, sizeof *r);
-    struct message m = {0};
+    struct jm_ws ws;
+    struct jm_msg m = {0, NULL, 0, 0};
     if (!r) die(EXIT_NET, "out of memory");
+    jm_ws_init(&ws, o.max_message);
     r->fd = tcp_connect(&o);
     ws_connect(&o, r, id);
 
@@ -786,7 +644,7 @@ int main(int argc, char **argv) {
     long frames = 0, click_id = 0;
     int click_done = 0; /* the click's acknowledgement (or error) has arrived */
     unsigned long long bytes = 0;
-    int status = EXIT_OK, server_closed = 0;
+    int status = EXIT_OK, server_closed = 0, failed = 0;
     while (!g_stop) {
         if (o.max_seconds > 0 && now_s() - started >= o.max_seconds) break;
         if (r->pos >= r->len) { /* nothing buffered: wait for the socket (or the clock) */
@@ -799,39 +657,50 @@ int main(int argc, char **argv) {
 #endif
             if (rc == 0 || (rc < 0 && errno == EINTR)) continue;
         }
-        int op = ws_read(r, &m);
+        int op = ws_read(r, &ws, &m);
+        if (op == WS_FAILED) { /* RFC 6455 7.1.7: fail the connection, with the reason why */
+            fprintf(stderr, "jiomosa-client: protocol error: %s\n", ws.error);
+            uint8_t code[2] = {(uint8_t)(ws.fail_code >> 8), (uint8_t)ws.fail_code};
+            ws_try_send(r->fd, JM_OP_CLOSE, code, 2);
+            status = EXIT_PROTO;
+            failed = 1;
+            break;
+        }
         if (op < 0) {
             if (!g_stop) { fprintf(stderr, "jiomosa-client: connection lost\n"); status = EXIT_NET; }
             break;
         }
-        if (op == OP_CLOSE) {
-            unsigned code = m.len >= 2 ? (unsigned)m.data[0] << 8 | m.data[1] : 1005;
-            printf("closed code=%u reason=%.*s\n", code, m.len > 2 ? (int)(m.len - 2) : 0,
-                   m.len > 2 ? (const char *)m.data + 2 : "");
+        if (op == JM_OP_CLOSE) {
+            printf("closed code=%u reason=", m.close_code);
+            if (m.len > 2) jm_print_text(stdout, m.data + 2, m.len - 2);
+            putchar('\n');
             /* Echo the code; the server may already have gone, which is fine now. */
-            ws_try_send(r->fd, OP_CLOSE, m.data, m.len >= 2 ? 2 : 0);
+            ws_try_send(r->fd, JM_OP_CLOSE, m.data, m.len >= 2 ? 2 : 0);
             server_closed = 1;
             break;
         }
-        if (op == OP_TEXT) {
+        if (op == JM_OP_TEXT) {
             char event[64] = "";
-            json_string((const char *)m.data, "event", event, sizeof event);
+            jm_json_string((const char *)m.data, "event", event, sizeof event);
             int is_ack = strcmp(event, "input:acknowledged") == 0;
             if (click_id && (is_ack || strcmp(event, "error") == 0) &&
-                json_last_int((const char *)m.data, "id") == click_id) {
+                jm_json_last_int((const char *)m.data, "id") == click_id) {
                 click_done = 1;
                 if (!is_ack) status = EXIT_PROTO; /* the click was refused */
             }
             if (o.verbose || strcmp(event, "input:acknowledged") == 0 ||
                 strcmp(event, "error") == 0 || strcmp(event, "session:closed") == 0 ||
-                strcmp(event, "subscribed") == 0)
-                printf("event %s\n", (const char *)m.data);
+                strcmp(event, "subscribed") == 0) {
+                fputs("event ", stdout); /* escaped: a message cannot forge output lines */
+                jm_print_text(stdout, m.data, m.len);
+                putchar('\n');
+            }
             fflush(stdout);
             if (o.max_frames > 0 && frames >= o.max_frames && (!o.click || click_done)) break;
             continue;
         }
-        struct frame f;
-        if (op != OP_BINARY || !parse_frame(&m, &f)) {
+        struct jm_frame f;
+        if (op != JM_OP_BINARY || !jm_frame_parse(m.data, m.len, &f)) {
             fprintf(stderr, "jiomosa-client: not a frame message (%zu bytes)\n", m.len);
             status = EXIT_PROTO;
             break;
@@ -858,14 +727,14 @@ int main(int argc, char **argv) {
         if (o.max_frames > 0 && frames >= o.max_frames && (!o.click || click_done)) break;
     }
 
-    if (!server_closed) { /* close handshake: send ours, wait (briefly) for the answer */
-        uint8_t code[2] = {1000 >> 8, 1000 & 0xFF};
-        ws_try_send(r->fd, OP_CLOSE, code, 2);
+    if (!server_closed && !failed) { /* close handshake: send ours, wait briefly for the answer */
+        uint8_t code[2] = {JM_CLOSE_NORMAL >> 8, JM_CLOSE_NORMAL & 0xFF};
+        ws_try_send(r->fd, JM_OP_CLOSE, code, 2);
         struct timeval tv = {2, 0};
         setsockopt(r->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         double until = now_s() + 2.0;
         int op;
-        while (now_s() < until && (op = ws_read(r, &m)) >= 0 && op != OP_CLOSE) {}
+        while (now_s() < until && (op = ws_read(r, &ws, &m)) >= 0 && op != JM_OP_CLOSE) {}
     }
     close(r->fd);
 #ifdef JIOMOSA_SDL
@@ -874,7 +743,7 @@ int main(int argc, char **argv) {
     if (created && !o.keep && !server_closed) close_session(&o, id);
     printf("done frames=%ld bytes=%llu seconds=%.2f peak_rss_kb=%ld\n", frames, bytes,
            now_s() - started, peak_rss_kb());
-    free(m.data);
+    jm_ws_free(&ws);
     free(r);
     return status;
 }

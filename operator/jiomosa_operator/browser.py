@@ -1,5 +1,6 @@
-"""What the operator does to a browser: open its WebDriver session, check it, navigate it over
-CDP, quit it. Built on the streamer's browser-control layer (``jiomosa.browser``)."""
+"""What the operator does to a browser: open its WebDriver session (Selenium pods) or hand an
+agent pod its token (warm pool), check it, navigate it over CDP, quit it. Built on the
+streamer's browser-control layer (``jiomosa.browser``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import aiohttp
+
 from jiomosa.browser import driver
+from jiomosa.browser.cdp import CDPConnection, CDPError
 from jiomosa.browser.page import BrowserPage
 from jiomosa.core.types import BrowserEndpoint, BrowserStartError, Viewport
 from jiomosa.core.urlpolicy import UrlPolicy
@@ -103,10 +107,77 @@ async def quit_session(webdriver_url: str, session_id: str) -> bool:
 
 
 async def navigate(cdp_url: str, url: str, policy: UrlPolicy, viewport: Viewport,
-                   timeout: float) -> dict[str, Any]:
+                   timeout: float, token: str = "") -> dict[str, Any]:
     """Load ``url`` in the browser's page (URL policy checked); return ``{title, url}``."""
-    page = await BrowserPage.attach(cdp_url, policy, viewport, timeout=min(timeout, 15.0))
+    page = await BrowserPage.attach(cdp_url, policy, viewport, timeout=min(timeout, 15.0),
+                                    token=token)
     try:
         return await page.navigate(url, timeout)
     finally:
         await page.close()
+
+
+async def blank(cdp_url: str, token: str, timeout: float = 15.0) -> None:
+    """Show about:blank in the browser's first page over CDP (an agent pod has no WebDriver;
+    about:blank is no web page for the URL policy)."""
+    conn = await CDPConnection.connect(cdp_url, timeout=timeout, token=token)
+    try:
+        targets = await conn.send("Target.getTargets", timeout=timeout)
+        pages = [t for t in targets.get("targetInfos", []) if t.get("type") == "page"]
+        if not pages:
+            return
+        target = pages[0]["targetId"]
+        attached = await conn.send("Target.attachToTarget",
+                                   {"targetId": target, "flatten": True}, timeout=timeout)
+        await conn.send("Page.navigate", {"url": "about:blank"},
+                        session_id=attached["sessionId"], timeout=timeout)
+        # Page.navigate answers before the page is committed: return once it shows.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            info = await conn.send("Target.getTargetInfo", {"targetId": target})
+            if (info.get("targetInfo") or {}).get("url") == "about:blank":
+                return
+            await asyncio.sleep(0.05)
+    except CDPError as exc:
+        raise OSError(f"the browser did not answer: {exc}") from None
+    finally:
+        await conn.close()
+
+
+# ----------------------------------------------------------------------------- agent pods
+AGENT_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+async def agent_alive(agent_url: str) -> bool | None:
+    """True if the agent's browser answers (``/readyz``), False if the agent says it does not,
+    None if the agent cannot be reached."""
+    try:
+        async with aiohttp.ClientSession(timeout=AGENT_TIMEOUT) as http, http.get(
+                agent_url + "/readyz") as answer:
+            return answer.status == 200
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return None
+
+
+async def agent_claim(agent_url: str, claim_token: str, token: str) -> bool:
+    """Hand a warm-pool pod the session's ``token`` (its ``/claim``, once). True if the pod
+    now serves that token: it took it now, or had taken it before (an operator restarted
+    between the claim and recording it); False if it serves someone else or cannot be
+    reached."""
+    try:
+        async with aiohttp.ClientSession(timeout=AGENT_TIMEOUT) as http:
+            async with http.post(agent_url + "/claim", json={"token": token},
+                                 headers={"Authorization": f"Bearer {claim_token}"}) as answer:
+                if answer.status == 200:
+                    return True
+                if answer.status != 409:
+                    log.warning("the warm pod at %s refused its claim (%d)", agent_url,
+                                answer.status)
+                    return False
+            # Already claimed: by this session's token, or not.
+            async with http.get(agent_url + "/json/version",
+                                headers={"Authorization": f"Bearer {token}"}) as answer:
+                return answer.status == 200
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning("cannot claim the warm pod at %s: %s", agent_url, exc)
+        return False

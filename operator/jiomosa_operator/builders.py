@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jiomosa.core.types import Viewport
-from jiomosa.k8s import model
+from jiomosa.k8s import model, viewers
+from jiomosa_operator import policy, tokens
 from jiomosa_operator.settings import OperatorSettings
 
 URL_RE = re.compile(r"^(https?://\S+|about:blank)$")
@@ -87,6 +88,24 @@ class SessionSpec:
         if problems:
             raise SpecError("; ".join(problems))
 
+    def check_allowed(self, settings: OperatorSettings) -> None:
+        """Raise ``policy.SpecNotAllowed`` when the pod knobs ask for more than the operator's
+        settings allow (image, resources, nodeSelector, tolerations)."""
+        policy.check(self.image, self.resources, self.node_selector, self.tolerations, settings)
+
+    def poolable(self, settings: OperatorSettings) -> bool:
+        """Whether a warm-pool pod (default image and resources, no node constraints, Chrome's
+        own scale and user agent) can serve this session."""
+        if not settings.pool_size or (self.image, self.image_pull_policy) != (
+                settings.image, settings.image_pull_policy):
+            return False
+        if self.node_selector or self.tolerations or self.chrome_args():
+            return False
+        try:
+            return policy.pod_resources(self.resources, settings) == default_resources(settings)
+        except policy.SpecNotAllowed:
+            return False
+
     @property
     def viewport(self) -> Viewport:
         return Viewport(self.width, self.height, self.device_scale_factor, self.mobile,
@@ -147,11 +166,7 @@ def pod_labels(session: Mapping[str, Any]) -> dict[str, str]:
 
 
 def default_resources(settings: OperatorSettings) -> dict[str, dict[str, str]]:
-    requests = {"cpu": settings.cpu_request, "memory": settings.memory_request}
-    limits = {"cpu": settings.cpu_limit, "memory": settings.memory_limit}
-    out = {"requests": {k: v for k, v in requests.items() if v},
-           "limits": {k: v for k, v in limits.items() if v}}
-    return {k: v for k, v in out.items() if v}
+    return policy.pod_resources({}, settings)
 
 
 def selenium_session_timeout(spec: SessionSpec) -> int:
@@ -160,10 +175,115 @@ def selenium_session_timeout(spec: SessionSpec) -> int:
     return spec.max_duration + 600 if spec.max_duration else SESSION_TIMEOUT_UNLIMITED
 
 
-def build_pod(session: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    """The one pod that runs a session's browser."""
+def build_pod(session: Mapping[str, Any], settings: OperatorSettings,
+              token_secret: str = "") -> dict[str, Any]:
+    """The one pod that runs a session's browser: an agent pod whose token comes from the
+    session's Secret ``token_secret`` (kind ``agent``), or a Selenium pod."""
     meta = session["metadata"]
     spec = SessionSpec.parse(session.get("spec") or {}, settings)
+    spec.check_allowed(settings)
+    if settings.agent:
+        if not token_secret:
+            raise ValueError("an agent pod needs the session's token Secret")
+        token_env = {"name": "JIOMOSA_BROWSER_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": token_secret, "key": model.TOKEN_SECRET_KEY}}}
+        pod_spec = _agent_pod_spec(spec, settings, token_env)
+    else:
+        pod_spec = _selenium_pod_spec(spec, settings)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": pod_labels(session),
+            "annotations": {model.ANNOTATION_SESSION: meta["name"]},
+            "ownerReferences": [owner_reference(session)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def _container_security(settings: OperatorSettings, read_only: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if read_only:
+        out["readOnlyRootFilesystem"] = True
+    return out
+
+
+def _pod_spec(container: dict[str, Any], volumes: list[dict[str, Any]], spec: SessionSpec,
+              settings: OperatorSettings) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        # A browser that exits has lost its session: the pod is not restarted, it fails.
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 15,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_group,
+            "fsGroup": settings.run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    return pod_spec
+
+
+def _agent_pod_spec(spec: SessionSpec, settings: OperatorSettings,
+                    *env: dict[str, Any]) -> dict[str, Any]:
+    """``jiomosa browser`` on one port, read-only root, ``/tmp`` and ``/dev/shm`` as
+    ``emptyDir``s. The pod enforces the URL policy itself (egress proxy and Fetch), so it gets
+    the operator's allow list; its token comes in ``env``."""
+    variables = list(env)
+    if settings.allow_hosts:
+        variables.append({"name": "JIOMOSA_ALLOW_HOSTS", "value": ",".join(settings.allow_hosts)})
+    if spec.device_scale_factor != 1.0:
+        variables.append({"name": "JIOMOSA_CHROME_ARGS",
+                          "value": f"--force-device-scale-factor={spec.device_scale_factor:g}"})
+    if spec.user_agent:
+        variables.append({"name": "JIOMOSA_BROWSER_USER_AGENT", "value": spec.user_agent})
+    container: dict[str, Any] = {
+        "name": model.CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "args": ["browser", "--port", str(settings.agent_port)],
+        "ports": [{"name": "cdp", "containerPort": settings.agent_port, "protocol": "TCP"}],
+        "env": variables,
+        "resources": policy.pod_resources(spec.resources, settings),
+        "readinessProbe": {
+            "httpGet": {"path": settings.readiness_path, "port": "cdp"},
+            "periodSeconds": 1,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "securityContext": _container_security(settings, read_only=True),
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+               {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size}}]
+    return _pod_spec(container, volumes, spec, settings)
+
+
+def _selenium_pod_spec(spec: SessionSpec, settings: OperatorSettings) -> dict[str, Any]:
     ports = [{"name": "webdriver", "containerPort": settings.webdriver_port, "protocol": "TCP"}]
     if settings.vnc_port:
         ports.append({"name": "novnc", "containerPort": settings.vnc_port, "protocol": "TCP"})
@@ -179,57 +299,105 @@ def build_pod(session: Mapping[str, Any], settings: OperatorSettings) -> dict[st
             {"name": "SE_NODE_SESSION_TIMEOUT", "value": str(selenium_session_timeout(spec))},
             {"name": "SE_ENABLE_TRACING", "value": "false"},
         ],
-        "resources": dict(spec.resources) or default_resources(settings),
+        # Merged over the operator's defaults and bounded by its maxima: a spec can neither
+        # drop the memory limit nor ask for more than the settings allow.
+        "resources": policy.pod_resources(spec.resources, settings),
         "readinessProbe": {
             "httpGet": {"path": settings.readiness_path, "port": "webdriver"},
             "periodSeconds": 2,
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        # The root filesystem stays writable: Selenium's entry point writes under its home.
+        "securityContext": _container_security(settings, read_only=False),
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pod_spec: dict[str, Any] = {
-        # A browser that exits has lost its session: the pod is not restarted, it fails.
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 15,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_group,
-            "fsGroup": settings.run_as_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory",
-                                                  "sizeLimit": settings.shm_size}}],
-    }
-    if settings.service_account:
-        pod_spec["serviceAccountName"] = settings.service_account
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}}]
+    return _pod_spec(container, volumes, spec, settings)
+
+
+# ----------------------------------------------------------------------------- warm pool
+def pool_pod(namespace: str, name: str, settings: OperatorSettings) -> dict[str, Any]:
+    """A warm-pool agent pod: the default spec, no session token (nothing is authorized until
+    it is claimed), its own claim token, owned by nobody until a session claims it."""
+    spec = SessionSpec(image=settings.image, image_pull_policy=settings.image_pull_policy)
+    claim = {"name": "JIOMOSA_BROWSER_CLAIM_TOKEN",
+             "value": tokens.claim_token(settings.token_key, namespace, name)}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(meta["name"]),
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                model.LABEL_NAME: "jiomosa-browser",
+                model.LABEL_MANAGED_BY: model.MANAGED_BY,
+                model.LABEL_POOL: model.POOL_WARM,
+            },
+        },
+        "spec": _agent_pod_spec(spec, settings, claim),
+    }
+
+
+def claim_patch(session: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that gives a warm pod to ``session``. It carries the pod's
+    resourceVersion, which the API server checks (409 if the pod changed since it was read):
+    of two sessions claiming one pod, exactly one wins. The owner reference makes the pod go
+    with the session; the label takes it out of the pool for good."""
+    labels = {k: v for k, v in pod_labels(session).items() if k != model.LABEL_NAME}
+    return {"metadata": {
+        "resourceVersion": pod["metadata"]["resourceVersion"],
+        "labels": {**labels, model.LABEL_POOL: model.POOL_CLAIMED},
+        "annotations": {model.ANNOTATION_SESSION: session["metadata"]["name"]},
+        "ownerReferences": [owner_reference(session)],
+    }}
+
+
+def is_pool_pod(pod: Mapping[str, Any]) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return model.LABEL_POOL in labels
+
+
+# ----------------------------------------------------------------------------- viewer token
+def viewer_secret(session: Mapping[str, Any], token: str) -> dict[str, Any]:
+    """The Secret that holds a kubectl-made session's viewer token (``jiomosa.k8s.viewers``),
+    owned by the session so that it goes with it. A generated name: it never collides with a
+    Secret someone else made, and an operator restart that makes a second one only leaves an
+    unused, owned orphan (the status records the first)."""
+    return _session_secret(session, "viewer", "jiomosa-viewer", viewers.SECRET_KEY, token)
+
+
+def token_secret(session: Mapping[str, Any], token: str) -> dict[str, Any]:
+    """The Secret that holds a session's CDP token (the agent pod's bearer token): the agent
+    reads it from its environment (``secretKeyRef``), the streamers with ``get``. Owned by the
+    session (its garbage collector removes it); the operator's finalizer deletes it too."""
+    return _session_secret(session, "cdp", "jiomosa-cdp-token", model.TOKEN_SECRET_KEY, token)
+
+
+def _session_secret(session: Mapping[str, Any], kind: str, app: str, key: str,
+                    token: str) -> dict[str, Any]:
+    meta = session["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "generateName": model.generated_prefix(meta["name"], kind),
             "namespace": meta["namespace"],
-            "labels": pod_labels(session),
+            "labels": {
+                model.LABEL_NAME: app,
+                model.LABEL_MANAGED_BY: model.MANAGED_BY,
+                model.LABEL_SESSION_UID: str(meta["uid"]),
+            },
             "annotations": {model.ANNOTATION_SESSION: meta["name"]},
             "ownerReferences": [owner_reference(session)],
         },
-        "spec": pod_spec,
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {key: token},
     }
+
+
+def viewer_status(secret_name: str, token: str) -> dict[str, str]:
+    """``status.viewer``: where the token is, and its hash (what the streamers compare)."""
+    return {"secretName": secret_name, "tokenHash": viewers.token_hash(token)}

@@ -3,16 +3,23 @@
 
 Life of a session (docs/operator.md):
 
-* ``start`` (create): make the pod, follow it (Pending, Starting) with short retries, and when
-  it is ready open the browser, navigate to ``spec.url`` and publish the endpoints (Ready).
-  A pod that cannot start (image pull errors, crashes, start timeout) ends it as Failed.
+* ``start`` (create): check the spec against the operator's settings (``policy``: image,
+  resources, nodeSelector, tolerations; else Failed ``SpecNotAllowed``), give a kubectl-made
+  session its viewer token (a Secret, ``status.viewer``), give an agent pod's session its CDP
+  token (a Secret, ``status.endpoints.cdpTokenSecret``), claim a warm pool pod (``pool``) or
+  make a pod, follow it (Pending, Starting) with short retries, and when it is ready open the
+  browser (Selenium: a WebDriver session; a claimed pool pod: its token handed over), navigate
+  to ``spec.url`` and publish the endpoints (Ready). A pod that cannot start (image pull
+  errors, crashes, start timeout) ends it as Failed.
 * ``navigate`` (update of ``spec.url``): load the new URL in the running browser.
 * ``watch`` (timer, Ready sessions): pod and browser health, idle and max-duration expiry.
-* ``cleanup`` (delete, behind the finalizer): quit the browser, delete the pod, wait for it.
+* ``cleanup`` (delete, behind the finalizer): quit the browser, delete the session's Secrets
+  and its pod, wait for the pod.
 
-Status goes through Kopf's patch (applied after each handler run); only the freshly opened
-browser's endpoints are written at once, so that an operator that dies right after opening a
-browser finds it again instead of opening a second one.
+Status goes through Kopf's patch (applied after each handler run); only the records of the
+Secrets it makes, of a claimed pool pod and of a freshly opened browser's endpoints are written
+at once, so that an operator that dies right after making one finds it again instead of making
+a second one.
 """
 
 from __future__ import annotations
@@ -27,14 +34,27 @@ from jiomosa.browser.cdp import CDPError
 from jiomosa.browser.page import NavigationError
 from jiomosa.core.types import BrowserEndpoint, BrowserStartError
 from jiomosa.core.urlpolicy import UrlPolicy, UrlRejected
-from jiomosa.k8s import model
-from jiomosa.k8s.api import ApiError, KubeApi, pod_path, session_path
+from jiomosa.k8s import model, viewers
+from jiomosa.k8s.api import ApiError, KubeApi, pod_path, secret_path, session_path
 from jiomosa.k8s.model import fmt_time, parse_time, utcnow
-from jiomosa_operator import browser
-from jiomosa_operator.builders import SessionSpec, SpecError, build_pod, pod_name
+from jiomosa_operator import browser, tokens
+from jiomosa_operator.builders import (
+    SessionSpec,
+    SpecError,
+    build_pod,
+    is_pool_pod,
+    pod_name,
+    token_secret,
+    viewer_secret,
+    viewer_status,
+)
+from jiomosa_operator.policy import SpecNotAllowed
+from jiomosa_operator.pool import WarmPool
 from jiomosa_operator.settings import OperatorSettings
 from jiomosa_operator.state import (
     PodState,
+    agent_endpoints,
+    agent_url,
     endpoints_status,
     expiry,
     is_transition,
@@ -52,11 +72,18 @@ POD_INDEX = "browser_pods"
 STORAGE_PREFIX = "operator.jiomosa.io"
 
 
-def current_pod(index: Mapping[str, Any], uid: str) -> dict[str, Any] | None:
-    """The session's pod as the pod index last saw it (a live one first)."""
-    pods = list(index.get(uid, ()))
-    pods.sort(key=lambda p: bool((p.get("metadata") or {}).get("deletionTimestamp")))
+def current_pod(index: Mapping[str, Any], uid: str,
+                starting: bool = False) -> dict[str, Any] | None:
+    """The session's pod as the pod index last saw it (a live one first). A ``starting``
+    session looks past a claimed pool pod it dropped (being deleted): it takes another."""
+    pods = [p for p in index.get(uid, ())
+            if not (starting and is_pool_pod(p) and _deleting(p))]
+    pods.sort(key=_deleting)
     return pods[0] if pods else None
+
+
+def _deleting(pod: Mapping[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _ready(status: Mapping[str, Any], **_: Any) -> bool:
@@ -70,6 +97,7 @@ class BrowserSessionOperator:
         self.settings = settings
         self.policy = UrlPolicy.from_allow_list(settings.allow_hosts)
         self._kube = kube
+        self.pool = WarmPool(settings, lambda: self.kube)
 
     # ------------------------------------------------------------------ registration
     def register(self, registry: kopf.OperatorRegistry) -> None:
@@ -105,8 +133,10 @@ class BrowserSessionOperator:
         settings.scanning.disabled = bool(self.settings.namespaces)
         if self._kube is None:
             self._kube = await KubeApi.from_environment()
+        self.pool.start()
 
     async def shutdown(self, **_: Any) -> None:
+        await self.pool.stop()
         if self._kube is not None:
             await self._kube.close()
 
@@ -141,11 +171,27 @@ class BrowserSessionOperator:
         except SpecError as exc:
             await self._finish(body, current, patch, model.FAILED, "InvalidSpec", str(exc))
             raise kopf.PermanentError(str(exc)) from None
+        try:
+            session.check_allowed(self.settings)
+        except SpecNotAllowed as exc:
+            await self._finish(body, current, patch, model.FAILED, "SpecNotAllowed", str(exc))
+            raise kopf.PermanentError(str(exc)) from None
         if not current.get("startedAt"):
             patch.status["startedAt"] = fmt_time(now)
-        pod = current_pod(kwargs[POD_INDEX], meta["uid"])
+        if not model.made_by_streamer(body) and not (current.get("viewer") or {}).get(
+                "tokenHash"):
+            await self._issue_viewer_token(body, current, patch)
+        secret = ""
+        if self.settings.agent:
+            secret = await self._ensure_token_secret(body, current, patch)
+        pod = current_pod(kwargs[POD_INDEX], meta["uid"], starting=True)
         if pod is None:
-            pod, is_new = await self._ensure_pod(body, current, patch)
+            pod = await self._recorded_pod(body, current)
+        if pod is None and self.pool.serves(meta["namespace"]) and session.poolable(
+                self.settings):
+            pod = await self._claim(body, patch)
+        if pod is None:
+            pod, is_new = await self._ensure_pod(body, current, patch, secret)
             name = pod["metadata"]["name"]
             self._phase(body, current, patch, model.PENDING, "PodCreated",
                         f"created pod {name}" if is_new else f"found pod {name}",
@@ -168,16 +214,124 @@ class BrowserSessionOperator:
                         pod_ready=False)
             raise kopf.TemporaryError(state.message, delay=self.settings.poll_interval)
 
-        endpoint = await self._open_browser(body, current, patch, pod, session, retry)
-        if endpoint is None:
+        opened: tuple[BrowserEndpoint, dict[str, str]] | None
+        if self.settings.agent:
+            opened = await self._open_agent(body, pod, secret)
+        else:
+            opened = await self._open_browser(body, current, patch, pod, session, retry)
+        if opened is None:
             return  # failed for good
-        await self._become_ready(body, current, patch, pod, state, session, endpoint)
+        await self._become_ready(body, current, patch, pod, state, session, *opened)
+
+    async def _issue_viewer_token(self, body: kopf.Body, current: Mapping[str, Any],
+                                  patch: kopf.Patch) -> None:
+        """A kubectl-made session's viewer token: kept in a Secret owned by the session, its
+        hash recorded in ``status.viewer`` at once (so that a restart does not issue another).
+        A streamer-made session gets none: it is reached through the streamer's session id."""
+        token = viewers.new_token()
+        meta = body["metadata"]
+        try:
+            secret = await self.kube.create(secret_path(meta["namespace"]),
+                                            viewer_secret(body, token))
+        except ApiError as exc:
+            message = f"cannot store the viewer token: {exc.message}"
+            if exc.status in (400, 403, 422):
+                await self._finish(body, current, patch, model.FAILED, "ViewerTokenRefused",
+                                   message)
+                raise kopf.PermanentError(message) from None
+            raise kopf.TemporaryError(message, delay=5) from None
+        name = secret["metadata"]["name"]
+        viewer = viewer_status(name, token)
+        await self.kube.merge_patch(session_path(meta["namespace"], meta["name"], "status"),
+                                    {"status": {"viewer": viewer}})
+        patch.status["viewer"] = viewer
+        self._event(body, "Normal", "ViewerToken", f"the viewer token is in Secret {name}")
+
+    def _token(self, body: kopf.Body) -> str:
+        return tokens.session_token(self.settings.token_key, str(body["metadata"]["uid"]))
+
+    async def _ensure_token_secret(self, body: kopf.Body, current: Mapping[str, Any],
+                                   patch: kopf.Patch) -> str:
+        """The Secret holding the session's CDP token (derived from the operator's key, so the
+        operator never reads it back): made once, recorded in
+        ``status.endpoints.cdpTokenSecret`` at once."""
+        meta = body["metadata"]
+        recorded = (current.get("endpoints") or {}).get("cdpTokenSecret")
+        if model.is_generated(meta["name"], "cdp", recorded):
+            return str(recorded)
+        try:
+            secret = await self.kube.create(secret_path(meta["namespace"]),
+                                            token_secret(body, self._token(body)))
+        except ApiError as exc:
+            message = f"cannot store the browser's token: {exc.message}"
+            if exc.status in (400, 403, 422):
+                await self._finish(body, current, patch, model.FAILED, "TokenSecretRefused",
+                                   message)
+                raise kopf.PermanentError(message) from None
+            raise kopf.TemporaryError(message, delay=5) from None
+        name = str(secret["metadata"]["name"])
+        await self.kube.merge_patch(session_path(meta["namespace"], meta["name"], "status"),
+                                    {"status": {"endpoints": {"cdpTokenSecret": name}}})
+        patch.status["endpoints"] = {"cdpTokenSecret": name}
+        self._event(body, "Normal", "CDPToken", f"the browser's token is in Secret {name}")
+        return name
+
+    async def _recorded_pod(self, body: kopf.Body,
+                            current: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The pod status.podName names, when the index has not seen it yet (a pool pod
+        claimed by an earlier run) and it is the session's."""
+        name = current.get("podName")
+        if not name:
+            return None
+        pod = await self.kube.get(pod_path(body["metadata"]["namespace"], str(name)))
+        owners = ((pod or {}).get("metadata") or {}).get("ownerReferences") or []
+        if pod is None or not any(o.get("uid") == body["metadata"]["uid"] for o in owners):
+            return None
+        return None if is_pool_pod(pod) and _deleting(pod) else pod
+
+    async def _claim(self, body: kopf.Body, patch: kopf.Patch) -> dict[str, Any] | None:
+        """A ready warm pod made the session's (recorded at once), or None."""
+        meta = body["metadata"]
+        try:
+            pod = await self.pool.claim(body)
+        except (ApiError, OSError) as exc:
+            log.warning("cannot claim a warm pod for %s: %s", meta["name"], exc)
+            return None
+        if pod is None:
+            return None
+        name = str(pod["metadata"]["name"])
+        await self.kube.merge_patch(session_path(meta["namespace"], meta["name"], "status"),
+                                    {"status": {"podName": name}})
+        patch.status["podName"] = name
+        self._event(body, "Normal", "PodClaimed", f"claimed warm pod {name}")
+        return pod
+
+    async def _open_agent(self, body: kopf.Body, pod: Mapping[str, Any],
+                          secret: str) -> tuple[BrowserEndpoint, dict[str, str]]:
+        """An agent pod serves the session's token from its start (a Secret in its
+        environment); a claimed pool pod is handed the token now (again after a restart: the
+        pod then answers that it already serves it). A pool pod that will not take it is
+        dropped (deleted), and the next run starts another."""
+        url = agent_url(pod, self.settings)
+        token = self._token(body)
+        if is_pool_pod(pod):
+            name = str(pod["metadata"]["name"])
+            claim = tokens.claim_token(self.settings.token_key, body["metadata"]["namespace"],
+                                       name)
+            if not await browser.agent_claim(url, claim, token):
+                self._event(body, "Warning", "ClaimRefused",
+                            f"warm pod {name} did not take the session's token; dropped")
+                await self._delete_pod(body, name)
+                raise kopf.TemporaryError(f"warm pod {name} refused its claim",
+                                          delay=self.settings.poll_interval)
+        endpoints = agent_endpoints(url, secret)
+        return BrowserEndpoint("kubernetes", endpoints["cdp"], cdp_token=token), endpoints
 
     async def _ensure_pod(self, body: kopf.Body, current: Mapping[str, Any],
-                          patch: kopf.Patch) -> tuple[dict[str, Any], bool]:
+                          patch: kopf.Patch, secret: str = "") -> tuple[dict[str, Any], bool]:
         """Create the session's pod (True), or find it if an earlier run already did (False).
         The pod's name is fixed by the session's: a restart never makes a second one."""
-        manifest = build_pod(body, self.settings)
+        manifest = build_pod(body, self.settings, secret)
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         patch.status["podName"] = name
         try:
@@ -202,14 +356,16 @@ class BrowserSessionOperator:
 
     async def _open_browser(self, body: kopf.Body, current: Mapping[str, Any],
                             patch: kopf.Patch, pod: Mapping[str, Any], session: SessionSpec,
-                            retry: int) -> BrowserEndpoint | None:
-        """The pod's browser session: the recorded one if it still answers, else a new one."""
+                            retry: int) -> tuple[BrowserEndpoint, dict[str, str]] | None:
+        """A Selenium pod's browser session: the recorded one if it still answers, else a new
+        one."""
         webdriver = webdriver_url(pod, self.settings)
         recorded = dict(current.get("endpoints") or {})
         session_id = str(recorded.get("webdriverSessionId") or "")
         if session_id and recorded.get("webdriver") == webdriver and recorded.get("cdp"):
             if await browser.session_alive(webdriver, session_id):
-                return BrowserEndpoint("kubernetes", str(recorded["cdp"]), webdriver, session_id)
+                return (BrowserEndpoint("kubernetes", str(recorded["cdp"]), webdriver,
+                                        session_id), recorded)
         strays = await browser.quit_strays(webdriver)
         if strays:
             log.info("quit %d orphaned browser session(s) on %s", len(strays), webdriver)
@@ -231,11 +387,12 @@ class BrowserSessionOperator:
         await self.kube.merge_patch(session_path(meta["namespace"], meta["name"], "status"),
                                     {"status": {"endpoints": endpoints}})
         return BrowserEndpoint("kubernetes", endpoints["cdp"], webdriver,
-                               endpoint.webdriver_session_id)
+                               endpoint.webdriver_session_id), endpoints
 
     async def _become_ready(self, body: kopf.Body, current: Mapping[str, Any],
                             patch: kopf.Patch, pod: Mapping[str, Any], state: PodState,
-                            session: SessionSpec, endpoint: BrowserEndpoint) -> None:
+                            session: SessionSpec, endpoint: BrowserEndpoint,
+                            endpoints: dict[str, str]) -> None:
         message = "the browser is ready"
         if session.url != "about:blank":
             page, problem = await self._load(body, endpoint, session, session.url)
@@ -245,9 +402,7 @@ class BrowserSessionOperator:
                 message = f"the browser shows {page.get('url', session.url)}"
             elif problem:
                 message = f"the browser is ready; {problem}"
-        patch.status["endpoints"] = endpoints_status(
-            endpoint.webdriver_url, endpoint.webdriver_session_id, endpoint.cdp_url, state.ip,
-            self.settings)
+        patch.status["endpoints"] = endpoints
         patch.status["podIP"] = state.ip
         patch.status["podName"] = pod["metadata"]["name"]
         patch.status["readyAt"] = fmt_time(utcnow())  # idle time counts from here
@@ -258,7 +413,8 @@ class BrowserSessionOperator:
         """Navigate; (page info, "") or (None, what went wrong, already posted as an Event)."""
         try:
             page = await browser.navigate(endpoint.cdp_url, url, self.policy, session.viewport,
-                                          self.settings.navigation_timeout)
+                                          self.settings.navigation_timeout,
+                                          token=endpoint.cdp_token)
         except UrlRejected as exc:
             problem = f"{url} is not allowed: {exc}"
             self._event(body, "Warning", "URLRejected", problem)
@@ -283,7 +439,8 @@ class BrowserSessionOperator:
             raise kopf.PermanentError(str(exc)) from None
         endpoint = BrowserEndpoint("kubernetes", str(endpoints.get("cdp", "")),
                                    str(endpoints.get("webdriver", "")),
-                                   str(endpoints.get("webdriverSessionId", "")))
+                                   str(endpoints.get("webdriverSessionId", "")),
+                                   self._token(body) if self.settings.agent else "")
         page: dict[str, Any] | None
         if str(new) == "about:blank":
             page, problem = await self._blank(body, endpoint), ""
@@ -300,10 +457,14 @@ class BrowserSessionOperator:
             patch.status["message"] = f"the browser is ready; {problem}"
 
     async def _blank(self, body: kopf.Body, endpoint: BrowserEndpoint) -> dict[str, Any]:
-        """about:blank is no web page for the URL policy: WebDriver loads it."""
+        """about:blank is no web page for the URL policy: WebDriver loads it (an agent pod's
+        browser: plain CDP)."""
         try:
-            await browser.webdriver_get(endpoint.webdriver_url, endpoint.webdriver_session_id,
-                                        "about:blank")
+            if endpoint.webdriver_url:
+                await browser.webdriver_get(endpoint.webdriver_url,
+                                            endpoint.webdriver_session_id, "about:blank")
+            else:
+                await browser.blank(endpoint.cdp_url, endpoint.cdp_token)
         except OSError as exc:
             raise kopf.TemporaryError(f"the browser is unreachable: {exc}", delay=2) from None
         self._event(body, "Normal", "Navigated", "loaded about:blank")
@@ -322,9 +483,9 @@ class BrowserSessionOperator:
         if state.kind in ("failed", "missing", "terminating"):
             await self._finish(body, current, patch, model.FAILED, state.reason, state.message)
             return
-        if not await self._browser_healthy(current, memo):
+        if not await self._browser_healthy(current, memo, pod):
             await self._finish(body, current, patch, model.FAILED, "BrowserGone",
-                               "the browser's WebDriver session is gone")
+                               "the browser does not answer any more")
             return
         annotations = dict(meta.get("annotations") or {})
         reported = parse_time(annotations.get(model.ANNOTATION_ACTIVITY))
@@ -348,10 +509,18 @@ class BrowserSessionOperator:
             patch.status["conditions"] = set_condition(
                 conditions, "PodReady", state.ready, state.reason, state.message, now)
 
-    async def _browser_healthy(self, current: Mapping[str, Any], memo: kopf.Memo) -> bool:
+    async def _browser_healthy(self, current: Mapping[str, Any], memo: kopf.Memo,
+                               pod: Mapping[str, Any] | None) -> bool:
         endpoints = current.get("endpoints") or {}
-        alive = await browser.session_alive(str(endpoints.get("webdriver", "")),
-                                            str(endpoints.get("webdriverSessionId", "")))
+        alive: bool | None
+        if endpoints.get("webdriver"):
+            alive = await browser.session_alive(str(endpoints.get("webdriver", "")),
+                                                str(endpoints.get("webdriverSessionId", "")))
+        else:  # an agent pod: its browser answers CDP (the agent's /readyz)
+            try:
+                alive = await browser.agent_alive(agent_url(pod or {}, self.settings))
+            except ValueError:  # no pod IP
+                alive = None
         failures = 0 if alive else int(memo.get("health_failures", 0)) + 1
         memo["health_failures"] = failures
         return failures < self.settings.health_failures
@@ -365,6 +534,12 @@ class BrowserSessionOperator:
                 self._phase(body, current, patch, model.TERMINATING, "Deleting",
                             "quitting the browser and deleting its pod")
             await self._quit_browser(current)
+            # Owned by the session, so a garbage collector would remove them; deleted here
+            # too, at once and where none runs.
+            await self._delete_secret(body, "cdp",
+                                      (current.get("endpoints") or {}).get("cdpTokenSecret"))
+            await self._delete_secret(body, "viewer",
+                                      (current.get("viewer") or {}).get("secretName"))
         pod = current_pod(kwargs[POD_INDEX], meta["uid"])
         name = (pod or {}).get("metadata", {}).get("name") or current.get("podName") or (
             pod_name(meta["name"]))
@@ -388,8 +563,11 @@ class BrowserSessionOperator:
         name = current.get("podName") or pod_name(body["metadata"]["name"])
         try:
             await self._delete_pod(body, name)
+            # The browser is gone: its token opens nothing any more.
+            await self._delete_secret(body, "cdp",
+                                      (current.get("endpoints") or {}).get("cdpTokenSecret"))
         except ApiError as exc:
-            log.warning("cannot delete pod %s: %s", name, exc)
+            log.warning("cannot delete pod %s or its token: %s", name, exc)
         patch.status["endpoints"] = None
         self._phase(body, current, patch, phase, reason, message, pod_ready=False)
 
@@ -410,6 +588,17 @@ class BrowserSessionOperator:
         except ApiError as exc:
             if exc.status != 409:  # 409: replaced meanwhile, not ours any more
                 raise
+
+    async def _delete_secret(self, body: kopf.Body, kind: str, name: object) -> None:
+        """Delete the session's Secret of ``kind`` named in its status, if the name is one the
+        API server generated for it (status is not trusted to name any other Secret)."""
+        meta = body["metadata"]
+        if not model.is_generated(meta["name"], kind, name):
+            return
+        try:
+            await self.kube.delete(secret_path(meta["namespace"], str(name)))
+        except ApiError as exc:
+            log.warning("cannot delete Secret %s: %s", name, exc)
 
     async def _quit_browser(self, current: Mapping[str, Any]) -> None:
         endpoints = current.get("endpoints") or {}

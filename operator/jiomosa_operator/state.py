@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -101,18 +101,33 @@ def pod_state(pod: Mapping[str, Any] | None) -> PodState:
 
 
 # ----------------------------------------------------------------------------- endpoints
-def webdriver_url(pod: Mapping[str, Any], settings: OperatorSettings) -> str:
-    """Where the pod's WebDriver endpoint is (``http://<podIP>:<port>``)."""
+def _pod_url(pod: Mapping[str, Any], settings: OperatorSettings, port: int,
+             annotation: str) -> str:
     ip = str((pod.get("status") or {}).get("podIP") or "")
     if not ip:
         raise ValueError("the pod has no IP yet")
-    port = settings.webdriver_port
     if settings.trust_port_annotation:
-        annotated = ((pod.get("metadata") or {}).get("annotations") or {}).get(
-            model.ANNOTATION_WEBDRIVER_PORT)
+        annotated = ((pod.get("metadata") or {}).get("annotations") or {}).get(annotation)
         if annotated and str(annotated).isdigit() and 0 < int(annotated) < 65536:
             port = int(annotated)
     return f"http://{_host(ip)}:{port}"
+
+
+def webdriver_url(pod: Mapping[str, Any], settings: OperatorSettings) -> str:
+    """Where a Selenium pod's WebDriver endpoint is (``http://<podIP>:<port>``)."""
+    return _pod_url(pod, settings, settings.webdriver_port, model.ANNOTATION_WEBDRIVER_PORT)
+
+
+def agent_url(pod: Mapping[str, Any], settings: OperatorSettings) -> str:
+    """Where an agent pod's one port is (``http://<podIP>:<port>``)."""
+    return _pod_url(pod, settings, settings.agent_port, model.ANNOTATION_AGENT_PORT)
+
+
+def agent_endpoints(agent: str, token_secret: str) -> dict[str, str]:
+    """``status.endpoints`` of an agent pod: its browser's DevTools path (the agent serves the
+    browser whatever its id) and the Secret holding the token it demands."""
+    parts = urllib.parse.urlsplit(agent)
+    return {"cdp": f"ws://{parts.netloc}/devtools/browser", "cdpTokenSecret": token_secret}
 
 
 def _host(ip: str) -> str:
@@ -227,3 +242,43 @@ def expiry(spec: SessionSpec, created: datetime | None, activity: datetime | Non
             now - activity >= timedelta(seconds=spec.idle_timeout)):
         return "IdleTimeout", f"no activity for {spec.idle_timeout} s"
     return None
+
+
+# ----------------------------------------------------------------------------- warm pool
+@dataclass(frozen=True)
+class PoolPlan:
+    """What to do to a namespace's warm pool: delete these pods, create that many."""
+
+    delete: tuple[str, ...] = ()
+    create: int = 0
+    ready: tuple[str, ...] = field(default=())
+    """Warm pods a session may claim now."""
+
+
+def plan_pool(pods: Iterable[Mapping[str, Any]], size: int, now: datetime,
+              start_timeout: float) -> PoolPlan:
+    """Keep ``size`` live warm pods: delete the failed ones, those that did not become ready
+    within ``start_timeout`` seconds (replaced) and those beyond ``size`` (pods that are not
+    ready yet go first, then the youngest), and create what is missing. Pods being deleted
+    count for nothing."""
+    delete: list[str] = []
+    live: list[tuple[bool, str, str]] = []  # (ready, created, name)
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        if meta.get("deletionTimestamp"):
+            continue
+        state = pod_state(pod)
+        created = parse_time(meta.get("creationTimestamp"))
+        stale = (not state.ready and created is not None
+                 and (now - created).total_seconds() > start_timeout)
+        if state.kind == "failed" or stale:
+            delete.append(name)
+        else:
+            live.append((state.ready, str(meta.get("creationTimestamp") or ""), name))
+    # Keep the ready and the oldest first.
+    live.sort(key=lambda item: (not item[0], item[1], item[2]))
+    kept, extra = live[:size], live[size:]
+    delete += [name for _, _, name in extra]
+    return PoolPlan(delete=tuple(delete), create=max(0, size - len(kept)),
+                    ready=tuple(name for ready, _, name in kept if ready))

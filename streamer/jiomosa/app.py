@@ -18,13 +18,16 @@ from jiomosa import metrics
 from jiomosa.appkeys import MANAGER, SETTINGS
 from jiomosa.browser.egress import EgressProxy
 from jiomosa.browser.page import BrowserPage
+from jiomosa.core import dns, executors
 from jiomosa.core.settings import Settings
+from jiomosa.core.types import BrowserEndpoint, Viewport
 from jiomosa.core.urlpolicy import UrlPolicy
 from jiomosa.providers.base import BrowserProvider
 from jiomosa.providers.pooled import PooledProvider
 from jiomosa.sessions.manager import SessionManager
 from jiomosa.transports import rest, webapp
 from jiomosa.transports.plainws import PATH as PLAIN_WS_PATH
+from jiomosa.transports.plainws import SHARED_PATH as SHARED_WS_PATH
 from jiomosa.transports.plainws import PlainStreams
 from jiomosa.transports.sio import StreamServer
 
@@ -44,6 +47,13 @@ def make_provider(settings: Settings, in_use: Callable[[], int]) -> BrowserProvi
     return PooledProvider(settings, in_use)
 
 
+async def attach_page(endpoint: BrowserEndpoint, policy: UrlPolicy,
+                      viewport: Viewport) -> BrowserPage:
+    """A session's page over CDP; a browser pod's agent is given its bearer token."""
+    return await BrowserPage.attach(endpoint.cdp_url, policy, viewport,
+                                    token=endpoint.cdp_token)
+
+
 def make_manager(settings: Settings) -> SessionManager:
     """The single-host session manager, or the fleet's when the store is Redis."""
     policy = UrlPolicy.from_allow_list(settings.allow_hosts)
@@ -59,11 +69,11 @@ def make_manager(settings: Settings) -> SessionManager:
         from jiomosa.fleet.redis_store import RedisStore
         from jiomosa.fleet.relay import RelayBus
 
-        manager = FleetManager(settings, provider, policy, BrowserPage.attach,
+        manager = FleetManager(settings, provider, policy, attach_page,
                                RedisStore(settings.redis_url),
                                RelayBus(settings.redis_url, streamer_id), streamer_id)
     else:
-        manager = SessionManager(settings, provider, policy, BrowserPage.attach, streamer_id)
+        manager = SessionManager(settings, provider, policy, attach_page, streamer_id)
     return manager
 
 
@@ -82,13 +92,30 @@ def build_app(settings: Settings) -> web.Application:
     streams.attach(app)
     app.add_routes(rest.routes)
     app.router.add_get(PLAIN_WS_PATH, plain.handle)
+    app.router.add_get(SHARED_WS_PATH, plain.handle_shared)
     webapp.setup(app)
+    app.cleanup_ctx.append(_runtime_ctx)
     app.cleanup_ctx.append(_egress_ctx)
     app.cleanup_ctx.append(_manager_ctx)
     # Sessions are handed to the fleet or closed (their clients get session:closed) before
     # the sockets go.
     app.on_shutdown.append(_on_shutdown)
     return app
+
+
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The resolver and the thread pools: first up, last down (browsers quit in theirs)."""
+    s = app[SETTINGS]
+    dns.configure(dns.DnsConfig(servers=s.dns_servers, timeout=s.dns_timeout,
+                                max_lookups=s.dns_max_lookups, max_ttl=s.dns_max_ttl,
+                                negative_ttl=s.dns_negative_ttl))
+    executors.configure({"jpeg": s.jpeg_threads,
+                         "browser": s.browser_threads or s.max_sessions + s.warm_browsers})
+    try:
+        yield
+    finally:
+        await dns.shutdown()
+        await executors.shutdown()
 
 
 async def _egress_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -148,7 +175,8 @@ def _cors(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
         if origin and ("*" in allowed or origin in allowed):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type, If-None-Match"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "Content-Type, If-None-Match, X-Share-Token")
             response.headers["Access-Control-Expose-Headers"] = (
                 "ETag, X-Frame-Seq, X-Frame-Width, X-Frame-Height, X-Frame-Timestamp")
         return response

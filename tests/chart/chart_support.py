@@ -92,6 +92,24 @@ def container_env(deployment: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
+def resolved_env(deployment: dict[str, Any], manifests: list[dict[str, Any]]) -> dict[str, str]:
+    """A Deployment's first container's env as its process gets it: plain values, and
+    ``secretKeyRef`` values read from the Secrets the chart renders (as the kubelet would)."""
+    import base64
+
+    env = container_env(deployment)
+    namespace = deployment["metadata"].get("namespace")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    for entry in container.get("env", []):
+        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+        if not ref:
+            continue
+        for secret in find(manifests, "Secret", ref["name"], namespace):
+            if ref["key"] in (secret.get("data") or {}):
+                env[entry["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    return env
+
+
 def is_hook(doc: dict[str, Any]) -> bool:
     return "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
 

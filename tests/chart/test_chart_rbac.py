@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_support import RELEASE, ChartCluster, container_env, docs, dump, is_hook, one, render
+from chart_support import (
+    RELEASE,
+    ChartCluster,
+    container_env,
+    docs,
+    dump,
+    is_hook,
+    one,
+    render,
+    resolved_env,
+)
 from helpers import ADMIN, PAGE_HOST, PageServer, RedisServer, StreamerProcess
 from kubelet import FakeKubelet
 from op_harness import Kube, OperatorProcess, eventually, session_manifest
@@ -94,7 +104,8 @@ class Install:
     def start_operator(self, log_dir: Path, **env: str) -> OperatorProcess:
         kubeconfig = self.cluster.cp.kubeconfig_for_service_account(
             self.namespace, OPERATOR_SA, create=False)
-        chart_env = container_env(self.deployment("operator"))
+        # The chart's environment, its token key read from the Secret the chart made.
+        chart_env = resolved_env(self.deployment("operator"), self.manifests)
         chart_env.setdefault("JIOMOSA_OPERATOR_NAMESPACES", "")  # empty = cluster-wide
         # The test harness listens on a free loopback port; everything else is the chart's,
         # plus what only a test needs: the fake kubelet's per-pod ports, pages on PAGE_HOST.
@@ -141,6 +152,12 @@ class Install:
                                  check=False)
         self.cluster.kubectl("delete", "pods", "--all", "-n", self.namespace, "--force",
                              "--grace-period=0", check=False)
+        # Cluster-scoped objects (the admission policy: cluster-wide, it would bind in every
+        # namespace of later tests) go too.
+        cluster_scoped = [d for d in self.manifests if not d["metadata"].get("namespace")]
+        if cluster_scoped:
+            self.cluster.kubectl("delete", "-f", "-", "--wait=false", input=dump(cluster_scoped),
+                                 check=False)
 
 
 @pytest.fixture
@@ -158,6 +175,12 @@ def install(chart_cluster: ChartCluster, kubelet: FakeKubelet) -> Iterator[Any]:
     yield apply
     for done in made:
         done.cleanup()
+
+
+def session_pods(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    """The namespace's pods but the warm pool's (those stay when sessions go)."""
+    return [p for p in kube.pods(ns)
+            if (p["metadata"].get("labels") or {}).get("jiomosa.io/pool") != "warm"]
 
 
 def refused(*logs: Path) -> str:
@@ -233,8 +256,32 @@ def streamer_scenario(inst: Install, streamer: StreamerProcess, pages: PageServe
     assert status == 200 and sid in body.decode(), body[:300]
     status, _, body = http("POST", f"{streamer.base}/api/session/{sid}/close", {})
     assert status == 200, body[:300]
-    until(lambda: not kube.sessions(ns) and not kube.pods(ns), 40,
+    until(lambda: not kube.sessions(ns) and not session_pods(kube, ns), 40,
           "the BrowserSession and its pod gone", streamer.log_path, *logs)
+
+
+def view_by_token(inst: Install, streamer: StreamerProcess, pages: PageServer,
+                  *logs: Path) -> int:
+    """A kubectl-made session viewed through the streamer with its viewer token (what the
+    streamer's watch rule is for): the status of a frame request; the session is deleted."""
+    ns, kube = inst.namespace, inst.kube
+    kube.apply(session_manifest("kiosk", ns, url=pages.url("/static")))
+    until(lambda: (kube.session(ns, "kiosk") or {}).get("status", {}).get("phase") == "Ready",
+          40, "kiosk Ready", *logs)
+    token = kube.viewer_token(ns, "kiosk")
+    deadline = time.monotonic() + 10  # the streamer's index hears of it through its watch
+    while True:
+        status, content_type, _ = http("GET", f"{streamer.base}/api/session/{token}/frame")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if status == 200:
+        assert content_type.startswith("image/jpeg")
+        status_close, _, _ = http("POST", f"{streamer.base}/api/session/{token}/close", {})
+        assert status_close == 200 and kube.phase(ns, "kiosk") == "Ready"
+    inst.cluster.kubectl("delete", "bs", "kiosk", "-n", ns, "--wait=false")
+    until(lambda: kube.session(ns, "kiosk") is None, 40, "kiosk gone", *logs)
+    return status
 
 
 # ----------------------------------------------------------------------------- positive
@@ -244,26 +291,40 @@ def test_operator_and_streamer_run_as_the_charts_service_accounts(
     ns = inst.namespace
     inst.await_rbac(OPERATOR_SA, [("create", "pods", True), ("patch",
                     "browsersessions.jiomosa.io/status", True), ("get", "secrets", False),
-                    ("list", "pods", True)])
+                    ("list", "secrets", False), ("delete", "secrets", True),
+                    ("list", "pods", True), ("patch", "pods", True)])
     inst.await_rbac(STREAMER_SA, [("create", "browsersessions.jiomosa.io", True),
-                                  ("create", "pods", False)])
+                                  ("create", "pods", False), ("get", "secrets", True),
+                                  ("list", "secrets", False)])
     # Nothing beyond the release namespace.
     assert not inst.can(OPERATOR_SA, "list", "pods", "default")
     assert not inst.can(OPERATOR_SA, "list", "pods", None)
 
-    operator = inst.start_operator(tmp_path)
+    # The chart's warm pool (in the sessions namespace): the sessions below claim its pods.
+    operator = inst.start_operator(tmp_path, JIOMOSA_OPERATOR_POOL_INTERVAL="0.5")
+    assert operator.env["JIOMOSA_OPERATOR_WARM_POOL"] == "2"
+    until(lambda: len(warm_pods(inst.kube, ns)) == 2, 40, "the warm pool", operator.log_path)
     operator_lifecycle(inst, operator, pages)
     streamer = inst.start_streamer(tmp_path, redis)
     streamer_scenario(inst, streamer, pages, operator.log_path)
+    assert view_by_token(inst, streamer, pages, operator.log_path) == 200
+    claims = [r for bs in ("lobby", "kiosk") for _, r, _ in inst.kube.events(ns, bs)
+              if r == "PodClaimed"]
+    assert claims, "no session claimed a warm pod"
     assert streamer.stop() == 0, streamer.log_tail()
     assert operator.stop() == 0, operator.log_tail()
     assert not refused(operator.log_path, streamer.log_path)
-    assert inst.kube.pods(ns) == []
+    assert session_pods(inst.kube, ns) == []
+
+
+def warm_pods(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    return [p for p in kube.pods(ns) if (p["metadata"].get("labels") or {}).get(
+        "jiomosa.io/pool") == "warm" and not p["metadata"].get("deletionTimestamp")]
 
 
 def test_cluster_wide_operator_runs_as_its_cluster_role(install: Any, pages: PageServer,
                                                         tmp_path: Path) -> None:
-    inst: Install = install("operator.clusterWide=true")
+    inst: Install = install("operator.clusterWide=true", "browser.warmPool.size=0")
     inst.await_rbac(OPERATOR_SA, [("list", "pods", True), ("watch",
                     "browsersessions.jiomosa.io", True)], namespace="")
     operator = inst.start_operator(tmp_path)
@@ -279,8 +340,8 @@ def without(rules: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
 
 
 RULES = [("Role", 0, "browsersessions"), ("Role", 1, "browsersessions/status"),
-         ("Role", 2, "pods"), ("Role", 3, "events"),
-         ("ClusterRole", 4, "customresourcedefinitions")]
+         ("Role", 2, "pods"), ("Role", 3, "events"), ("Role", 4, "secrets"),
+         ("ClusterRole", 5, "customresourcedefinitions")]
 
 
 @pytest.mark.parametrize("kind,index,resource", RULES,
@@ -289,7 +350,8 @@ def test_the_operator_fails_without_any_one_rule(install: Any, pages: PageServer
                                                  tmp_path: Path, kind: str, index: int,
                                                  resource: str) -> None:
     cluster_wide = kind == "ClusterRole"
-    inst: Install = install(*(["operator.clusterWide=true"] if cluster_wide else []))
+    inst: Install = install("browser.warmPool.size=0",
+                            *(["operator.clusterWide=true"] if cluster_wide else []))
     role = one(inst.manifests, kind, OPERATOR_SA if kind == "Role" else None)
     removed = role["rules"][index]
     assert removed["resources"] == [resource]
@@ -308,18 +370,37 @@ def test_the_operator_fails_without_any_one_rule(install: Any, pages: PageServer
     assert resource.split("/")[0] in logs.lower(), logs[-2000:]
 
 
+@pytest.mark.parametrize("verb", ["create", "watch", "secrets"])
 def test_the_streamer_fails_without_its_rule(install: Any, pages: PageServer,
-                                             redis: RedisServer, tmp_path: Path) -> None:
-    inst: Install = install()
+                                             redis: RedisServer, tmp_path: Path,
+                                             verb: str) -> None:
+    """Without `create` no session starts; without `watch` no kubectl-made session can be
+    viewed by its token (the streamer's index of tokens is fed by a watch); without `get` of
+    Secrets the streamer cannot read a browser's CDP token, and no session starts."""
+    inst: Install = install("browser.warmPool.size=0")
     role = one(inst.manifests, "Role", STREAMER_SA)
-    [rule] = role["rules"]
-    inst.replace_rules("Role", STREAMER_SA,
-                       [{**rule, "verbs": [v for v in rule["verbs"] if v != "create"]}])
-    inst.await_rbac(STREAMER_SA, [("create", "browsersessions.jiomosa.io", False),
-                                  ("get", "browsersessions.jiomosa.io", True)])
+    [rule, secrets] = role["rules"]
+    if verb == "secrets":
+        assert secrets["resources"] == ["secrets"] and secrets["verbs"] == ["get"]
+        inst.replace_rules("Role", STREAMER_SA, [rule])
+        inst.await_rbac(STREAMER_SA, [("get", "secrets", False),
+                                      ("create", "browsersessions.jiomosa.io", True)])
+        operator = inst.start_operator(tmp_path)
+    else:
+        inst.replace_rules("Role", STREAMER_SA, [
+            {**rule, "verbs": [v for v in rule["verbs"] if v != verb]}, secrets])
+        inst.await_rbac(STREAMER_SA, [(verb, "browsersessions.jiomosa.io", False),
+                                      ("get", "browsersessions.jiomosa.io", True)])
+    if verb == "watch":
+        operator = inst.start_operator(tmp_path)
+        streamer = inst.start_streamer(tmp_path, redis)
+        assert view_by_token(inst, streamer, pages, operator.log_path) == 404
+        assert refused(streamer.log_path), streamer.log_tail()
+        return
     streamer = inst.start_streamer(tmp_path, redis)
     status, _, body = http("POST", streamer.base + "/api/session/create",
                            {"url": pages.url("/static")})
     assert status == 503, (status, body[:300])
     assert refused(streamer.log_path), streamer.log_tail()
-    assert inst.kube.sessions(inst.namespace) == []
+    # No session left behind (without the token, the streamer deletes what it made).
+    eventually(lambda: inst.kube.sessions(inst.namespace) == [], 30, what="no BrowserSession")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from chart_support import (
     helm,
     one,
     render,
+    resolved_env,
     template_args,
 )
 
@@ -56,7 +58,7 @@ def test_the_ci_variants_exist() -> None:
     names = {p.name for p in CI_VALUES}
     for expected in ("clusterwide-values.yaml", "ingress-hash-values.yaml",
                      "ingress-cookie-values.yaml", "gateway-values.yaml", "grid-values.yaml",
-                     "namespaces-values.yaml"):
+                     "namespaces-values.yaml", "limits-values.yaml"):
         assert expected in names
 
 
@@ -67,6 +69,10 @@ def test_helm_lint_strict(values: Path | None) -> None:
         args += ["-f", str(values)]
     result = helm(*args)
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout, result.stdout
+
+
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                  "ValidatingAdmissionPolicyBinding")
 
 
 @pytest.mark.parametrize("values", VARIANTS, ids=VARIANT_IDS)
@@ -85,7 +91,7 @@ def test_helm_template_renders_well_formed_objects(values: Path | None) -> None:
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["app.kubernetes.io/component"] in (
             "operator", "streamer", "redis", "browser", "test")
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in CLUSTER_SCOPED:
             assert meta["namespace"], key
     # One template per resource, grouped by component.
     sources = sorted(p.relative_to(CHART / "templates").as_posix()
@@ -103,6 +109,13 @@ def test_long_release_names_stay_dns_labels() -> None:
 
 # ----------------------------------------------------------------------------- the schema
 BAD_VALUES = [
+    ("browser.allowedImages[0]=a*b", "browser.allowedImages"),
+    (r"browser.allowedImages[0]=a\,b", "browser.allowedImages"),
+    ("browser.maxResources.memory=lots", "browser.maxResources.memory"),
+    ("browser.allowedNodeSelectors[0]=a=b=c", "browser.allowedNodeSelectors"),
+    ("sessions.resourceQuota.hard.pods=many", "sessions.resourceQuota.hard.pods"),
+    ("sessions.limitRange.max.cpu=-1", "sessions.limitRange.max.cpu"),
+    ("admissionPolicy.enabled=maybe", "admissionPolicy.enabled"),
     ("streamer.backend=local", "streamer.backend"),
     ("image.pullPolicy=Sometimes", "image.pullPolicy"),
     ("image.digest=sha256:abc", "image.digest"),
@@ -231,6 +244,11 @@ def operator_settings_of(env: dict[str, str]) -> Any:
     return OperatorSettings.from_env(env)
 
 
+def operator_env(manifests: list[dict[str, Any]]) -> dict[str, str]:
+    """The operator's environment, its token key read from the Secret the chart renders."""
+    return resolved_env(one(manifests, "Deployment", "jio-jiomosa-operator"), manifests)
+
+
 def test_operator_deployment() -> None:
     manifests = rendered()
     dep = one(manifests, "Deployment", "jio-jiomosa-operator")
@@ -244,28 +262,70 @@ def test_operator_deployment() -> None:
     probe = container["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "liveness"}
     assert container["ports"][0] == {"name": "liveness", "containerPort": 8080, "protocol": "TCP"}
-    settings = operator_settings_of(container_env(dep))
+    settings = operator_settings_of(operator_env(manifests))
     assert settings.namespaces == (NS,)
-    assert settings.image == "selenium/standalone-chrome:4.27.0-20241204"
+    # Agent pods of the jiomosa-browser image (`make images`), a warm pool of 2 here.
+    assert (settings.browser_kind, settings.image) == (
+        "agent", "jiomosa.local/jiomosa-browser:0.2.0")
+    assert (settings.agent_port, settings.run_as_user, settings.run_as_group) == (
+        9300, 10001, 10001)
+    assert settings.pool_size == 2 and settings.served_pool_namespaces == (NS,)
     assert settings.liveness_port == 8080 and settings.liveness_host == "0.0.0.0"
     assert (settings.cpu_request, settings.memory_request, settings.memory_limit) == (
         "500m", "1Gi", "2Gi")
     assert not settings.trust_port_annotation
 
 
+def test_the_operators_token_key() -> None:
+    """One random key per installation, in a Secret only the operator's pod mounts (its
+    ServiceAccount may not read Secrets), or a Secret of the user's."""
+    manifests = rendered()
+    key = operator_env(manifests)["JIOMOSA_OPERATOR_TOKEN_KEY"]
+    assert len(key) == 64 and key.isalnum()
+    secret = one(manifests, "Secret", "jio-jiomosa-operator-key", NS)
+    assert list(secret["data"]) == ["key"]
+    # Every render without a cluster (no lookup) makes a new one.
+    assert operator_env(docs(render(NS)))["JIOMOSA_OPERATOR_TOKEN_KEY"] != key
+    mounts = [d for d in manifests if d["kind"] in ("Deployment", "StatefulSet", "Pod")
+              and "operator-key" in json.dumps(d)]
+    assert [d["metadata"]["name"] for d in mounts] == ["jio-jiomosa-operator"]
+    own = rendered(sets=("operator.tokenKey.existingSecret=my-key",
+                         "operator.tokenKey.existingSecretKey=k"))
+    assert not find(own, "Secret", "jio-jiomosa-operator-key")
+    [ref] = [e["valueFrom"]["secretKeyRef"] for e in one(own, "Deployment",
+             "jio-jiomosa-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
+             if e["name"] == "JIOMOSA_OPERATOR_TOKEN_KEY"]
+    assert ref == {"name": "my-key", "key": "k"}
+
+
+def test_selenium_browser_pods_stay_an_alternative() -> None:
+    manifests = rendered(CHART / "ci" / "namespaces-values.yaml")
+    settings = operator_settings_of(resolved_env(one(manifests, "Deployment",
+                                                     "jio-jiomosa-operator"), manifests))
+    assert (settings.browser_kind, settings.image, settings.run_as_user) == (
+        "selenium", "selenium/standalone-chrome:4.27.0-20241204", 1200)
+    assert settings.pool_size == 0
+    digest = "sha256:" + "a" * 64
+    pinned = operator_settings_of(operator_env(rendered(sets=(
+        f"browser.image.digest={digest}",))))
+    assert pinned.image == f"jiomosa.local/jiomosa-browser@{digest}"
+
+
 def test_operator_settings_of_every_variant_parse() -> None:
     for values in VARIANTS:
-        for dep in find(rendered(values), "Deployment", "jio-jiomosa-operator"):
-            operator_settings_of(container_env(dep))
+        manifests = rendered(values)
+        for dep in find(manifests, "Deployment", "jio-jiomosa-operator"):
+            operator_settings_of(resolved_env(dep, manifests))
 
 
 def test_operator_namespaces_follow_the_values() -> None:
     cluster = rendered(CHART / "ci" / "clusterwide-values.yaml")
-    env = container_env(one(cluster, "Deployment", "jio-jiomosa-operator"))
-    assert operator_settings_of(env).namespaces == ()  # the whole cluster
+    settings = operator_settings_of(operator_env(cluster))
+    assert settings.namespaces == ()  # the whole cluster
+    # The pool lives where the streamers create their sessions.
+    assert settings.served_pool_namespaces == ("jiomosa-sessions",)
     many = rendered(CHART / "ci" / "namespaces-values.yaml")
-    env = container_env(one(many, "Deployment", "jio-jiomosa-operator"))
-    settings = operator_settings_of(env)
+    settings = operator_settings_of(operator_env(many))
     assert settings.namespaces == ("jiomosa-sessions", "jiomosa-kiosk")
     assert settings.check_interval == 10.0  # operator.env
     assert settings.allow_hosts == ("intranet.example", "10.20.0.0/16")
@@ -276,20 +336,24 @@ OPERATOR_RULES = [
      "verbs": ["list", "watch", "patch"]},
     {"apiGroups": ["jiomosa.io"], "resources": ["browsersessions/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["pods"],
-     "verbs": ["get", "list", "watch", "create", "delete"]},
+     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete"]},
 ]
 CLUSTER_RULES = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
      "verbs": ["list", "watch"]},
 ]
 STREAMER_RULES = [{"apiGroups": ["jiomosa.io"], "resources": ["browsersessions"],
-                   "verbs": ["get", "list", "create", "patch", "delete"]}]
+                   "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+                  {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
 
 
 def test_rbac_is_least_privilege() -> None:
     """The exact rules (tests/chart/test_chart_rbac.py shows each is needed): namespaced Roles
-    by default, a ClusterRole only when cluster-wide, nothing on secrets, no wildcards."""
+    by default, a ClusterRole only when cluster-wide, no wildcards, and of Secrets only the
+    operator's `create` and `delete` (viewer and CDP tokens) and the streamer's `get` (the
+    CDP tokens, by name): nobody lists them, the operator reads none."""
     manifests = rendered()
     assert not find(manifests, "ClusterRole") and not find(manifests, "ClusterRoleBinding")
     role = one(manifests, "Role", "jio-jiomosa-operator", NS)
@@ -316,12 +380,77 @@ def test_rbac_is_least_privilege() -> None:
         for d in rendered(values):
             for rule in d.get("rules", []):
                 assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-                assert "secrets" not in rule["resources"]
+                if "secrets" in rule["resources"]:
+                    assert rule in (OPERATOR_RULES[-1], STREAMER_RULES[-1]), rule
     # Without backend kubernetes the streamer needs no API access at all.
     grid = rendered(CHART / "ci" / "grid-values.yaml")
     assert not find(grid, "Role") and not find(grid, "RoleBinding")
     pod = one(grid, "Deployment")["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
+
+
+# ----------------------------------------------------------------------------- what authors may ask
+def test_browser_limits_reach_the_operator_and_the_admission_policy() -> None:
+    """browser.allowedImages, maxResources, allowedNodeSelectors and allowedTolerations become
+    both the operator's settings and the admission policy's lists (the policy's behaviour is
+    tested on the API server, test_chart_server.py)."""
+    manifests = rendered(CHART / "ci" / "limits-values.yaml")
+    settings = operator_settings_of(operator_env(manifests))
+    assert settings.allowed_images == ("registry.example.com/selenium/standalone-chrome:*",)
+    assert (settings.max_cpu, settings.max_memory) == ("2", "3Gi")
+    assert settings.allowed_node_selectors == ("pool=browsers", "topology.kubernetes.io/zone")
+    assert settings.allowed_tolerations == ("browsers",)
+    policy = one(manifests, "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["images"]) == [
+        "jiomosa.local/jiomosa-browser:0.2.0",
+        "registry.example.com/selenium/standalone-chrome:*"]
+    assert json.loads(variables["nodeSelectors"]) == ["pool=browsers",
+                                                      "topology.kubernetes.io/zone"]
+    assert json.loads(variables["tolerations"]) == ["browsers"]
+    assert variables["maxima"] == "{'cpu': quantity('2'), 'memory': quantity('3Gi')}"
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"]
+    binding = one(manifests, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In",
+         "values": ["jiomosa-sessions"]}]
+    # Defaults: only the default image, no node selectors or tolerations; cluster-wide, the
+    # binding matches every namespace; disabled, nothing.
+    defaults = rendered()
+    settings = operator_settings_of(operator_env(defaults))
+    assert settings.allowed_images == settings.allowed_tolerations == ()
+    assert settings.allowed_node_selectors == () and settings.max_memory == "4Gi"
+    variables = {v["name"]: v["expression"]
+                 for v in one(defaults, "ValidatingAdmissionPolicy")["spec"]["variables"]}
+    assert json.loads(variables["images"]) == [settings.image]
+    cluster = rendered(CHART / "ci" / "clusterwide-values.yaml")
+    assert "matchResources" not in one(cluster, "ValidatingAdmissionPolicyBinding")["spec"]
+    off = rendered(sets=("admissionPolicy.enabled=false",))
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    # One policy per release and namespace: two releases never share a name.
+    other = docs(render("elsewhere"))
+    assert one(other, "ValidatingAdmissionPolicy")["metadata"]["name"] != (
+        one(defaults, "ValidatingAdmissionPolicy")["metadata"]["name"])
+
+
+def test_resource_quota_and_limit_range_in_the_sessions_namespaces() -> None:
+    assert not find(rendered(), "ResourceQuota") and not find(rendered(), "LimitRange")
+    manifests = rendered(CHART / "ci" / "limits-values.yaml")
+    quota = one(manifests, "ResourceQuota", "jio-jiomosa-sessions", "jiomosa-sessions")
+    assert quota["spec"]["hard"] == {
+        "count/browsersessions.jiomosa.io": "10", "pods": "12", "requests.cpu": "6",
+        "requests.memory": "12Gi", "limits.memory": "24Gi"}
+    limits = one(manifests, "LimitRange", "jio-jiomosa-sessions", "jiomosa-sessions")
+    assert limits["spec"]["limits"] == [{
+        "type": "Container", "max": {"cpu": "2", "memory": "4Gi"},
+        "default": {"memory": "2Gi"}, "defaultRequest": {"cpu": "100m", "memory": "256Mi"}}]
+    # Every namespace where browser pods run gets them.
+    many = rendered(CHART / "ci" / "namespaces-values.yaml",
+                    ("sessions.resourceQuota.enabled=true", "sessions.limitRange.enabled=true"))
+    for kind in ("ResourceQuota", "LimitRange"):
+        assert sorted(q["metadata"]["namespace"] for q in find(many, kind)) == [
+            "jiomosa-kiosk", "jiomosa-sessions"]
 
 
 # ----------------------------------------------------------------------------- streamer
@@ -442,28 +571,37 @@ def browser_policy(values: Path | None = None, namespace: str = NS) -> dict[str,
 
 
 def test_browser_policy_selects_the_operators_pods() -> None:
-    """The policy's pod selector matches the pods the operator really builds, and lets the
-    streamers and the operator reach exactly their WebDriver port."""
-    from jiomosa_operator.builders import build_pod
+    """The policy's pod selector matches the pods the operator really builds (warm pool pods
+    too), and lets the streamers and the operator reach exactly their one port: the agent's
+    (or WebDriver's, for Selenium pods; never noVNC but for vncFrom peers)."""
+    from jiomosa_operator.builders import build_pod, pool_pod
 
     manifests = rendered()
-    env = container_env(one(manifests, "Deployment", "jio-jiomosa-operator"))
-    settings = operator_settings_of(env)
+    settings = operator_settings_of(operator_env(manifests))
     session = {"metadata": {"name": "lobby", "namespace": NS, "uid": "u-1"},
                "spec": {"url": "https://example.com/"}}
-    pod = build_pod(session, settings)
+    pod = build_pod(session, settings, "lobby-cdp-abcde")
     policy = one(manifests, "NetworkPolicy", "jio-jiomosa-browser", NS)
     selector = policy["spec"]["podSelector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
+    assert selector.items() <= pool_pod(NS, "jiomosa-pool-x", settings)[
+        "metadata"]["labels"].items()
     # No pod of the chart's own is selected by it.
     for d in manifests:
         if d["kind"] in ("Deployment", "StatefulSet"):
             labels = d["spec"]["template"]["metadata"]["labels"]
             assert not selector.items() <= labels.items()
     [rule] = policy["spec"]["ingress"]
-    ports = {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]
-             if p["name"] == "webdriver"}
-    assert [p["port"] for p in rule["ports"]] == list(ports) == [4444]
+    ports = [p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]]
+    assert [p["port"] for p in rule["ports"]] == ports == [9300]
+    selenium = rendered(CHART / "ci" / "namespaces-values.yaml")
+    se_settings = operator_settings_of(operator_env(selenium))
+    se_pod = build_pod({**session, "metadata": {**session["metadata"],
+                                                "namespace": "jiomosa-sessions"}}, se_settings)
+    se_policy = one(selenium, "NetworkPolicy", "jio-jiomosa-browser", "jiomosa-sessions")
+    assert [p["port"] for p in se_policy["spec"]["ingress"][0]["ports"]] == [
+        p["containerPort"] for p in se_pod["spec"]["containers"][0]["ports"]
+        if p["name"] == "webdriver"] == [4444]
     components = {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
                   for p in rule["from"]}
     assert components == {"streamer", "operator"}

@@ -10,9 +10,11 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chart_support import CHART, CI_VALUES, RELEASE, ChartCluster, docs, dump, helm_bin, render
+from op_harness import eventually
 
 VARIANTS = [None, *CI_VALUES]
 VARIANT_IDS = ["defaults", *[p.name.removesuffix("-values.yaml") for p in CI_VALUES]]
@@ -102,6 +104,26 @@ def test_helm_install_dry_run_and_notes(chart_cluster: ChartCluster) -> None:
     assert "https://jiomosa.example.com/" in out.split("NOTES:", 1)[1]
 
 
+def test_the_operators_token_key_survives_upgrades(chart_cluster: ChartCluster) -> None:
+    """The chart makes the token key once: rendered against the cluster (`lookup`, as
+    `helm upgrade` does), an existing key Secret is kept, not replaced by a new random one
+    (which would leave the operator unable to derive the running sessions' tokens)."""
+    ns = chart_cluster.namespace("chart-key")
+
+    def key_of(text: str) -> str:
+        [secret] = [d for d in docs(text) if d["kind"] == "Secret"
+                    and d["metadata"]["name"] == "jio-jiomosa-operator-key"]
+        return str(secret["data"]["key"])
+
+    args = ["template", RELEASE, str(CHART), "--namespace", ns, "--dry-run=server"]
+    first = helm_with_cluster(chart_cluster, *args)
+    assert key_of(helm_with_cluster(chart_cluster, *args)) != key_of(first)  # none yet
+    installed = [d for d in docs(first) if d["kind"] == "Secret"]
+    chart_cluster.kubectl("apply", "-f", "-", input=dump(installed))
+    assert key_of(helm_with_cluster(chart_cluster, *args)) == key_of(first)
+    assert key_of(helm_with_cluster(chart_cluster, *args)) == key_of(first)
+
+
 def test_hook_free_manifests_apply_for_real(chart_cluster: ChartCluster) -> None:
     """Applied for real (nothing runs them: no controllers), the objects are all there and the
     server's copy does not drift from the chart's (`kubectl diff` finds nothing)."""
@@ -109,10 +131,95 @@ def test_hook_free_manifests_apply_for_real(chart_cluster: ChartCluster) -> None
     manifests = [d for d in docs(render(ns))
                  if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
     chart_cluster.kubectl("apply", "-f", "-", input=dump(manifests))
-    diff = chart_cluster.kubectl("diff", "-f", "-", input=dump(manifests), check=False)
-    assert diff.returncode == 0, diff.stdout + diff.stderr
-    names = chart_cluster.kubectl("get", "deploy,sts,svc,sa,role,rolebinding,netpol,pdb,hpa",
-                                  "-n", ns, "-o", "name").stdout.split()
-    assert "deployment.apps/jio-jiomosa-operator" in names
-    assert "statefulset.apps/jio-jiomosa-redis" in names
-    assert len(names) == len(manifests)
+    try:
+        diff = chart_cluster.kubectl("diff", "-f", "-", input=dump(manifests), check=False)
+        assert diff.returncode == 0, diff.stdout + diff.stderr
+        names = chart_cluster.kubectl("get",
+                                      "deploy,sts,svc,sa,role,rolebinding,netpol,pdb,hpa,secret",
+                                      "-n", ns, "-o", "name").stdout.split()
+        assert "secret/jio-jiomosa-operator-key" in names  # the operator's token key
+        assert "deployment.apps/jio-jiomosa-operator" in names
+        assert "statefulset.apps/jio-jiomosa-redis" in names
+        cluster_scoped = [d for d in manifests if not d["metadata"].get("namespace")]
+        assert len(names) == len(manifests) - len(cluster_scoped)
+        policies = [f"{d['kind'].lower()}.admissionregistration.k8s.io/{d['metadata']['name']}"
+                    for d in cluster_scoped]
+        assert len(policies) == 2
+        assert chart_cluster.kubectl("get", *[p.split(".", 1)[0] + "/" + p.rsplit("/", 1)[1]
+                                              for p in policies], "-o", "name"
+                                     ).stdout.split() == policies
+    finally:
+        chart_cluster.kubectl("delete", "-f", "-", "--wait=false", check=False,
+                              input=dump([d for d in manifests
+                                          if not d["metadata"].get("namespace")]))
+
+
+# ----------------------------------------------------------------------------- admission
+LIMITS = CHART / "ci" / "limits-values.yaml"
+REFUSED = [
+    ({"image": "evil.example/chrome:1"}, "spec.image evil.example/chrome:1 is not allowed"),
+    ({"image": "registry.example.com/selenium/standalone-chromium:1"}, "spec.image"),
+    ({"tolerations": [{"operator": "Exists"}]}, "spec.tolerations"),
+    ({"tolerations": [{"key": "gpu", "operator": "Exists"}]}, "spec.tolerations"),
+    ({"nodeSelector": {"kubernetes.io/hostname": "control-plane"}}, "spec.nodeSelector"),
+    ({"nodeSelector": {"pool": "system"}}, "spec.nodeSelector"),
+    ({"resources": {"limits": {"memory": "64Gi"}}}, "spec.resources may set only"),
+    ({"resources": {"requests": {"cpu": 8}}}, "spec.resources may set only"),
+    ({"resources": {"requests": {"nvidia.com/gpu": 1}}}, "spec.resources may set only"),
+    ({"resources": {"limits": {"memory": "0"}}}, "spec.resources may set only"),
+    ({"resources": {"requests": {"memory": "-1Gi"}}}, "spec.resources may set only"),
+    ({"resources": {"requests": {"memory": "3Gi"}, "limits": {"memory": "2Gi"}}},
+     "requests may not be above"),
+]
+ACCEPTED = [
+    {},
+    {"image": "jiomosa.local/jiomosa-browser:0.2.0"},  # browser.image
+    {"image": "registry.example.com/selenium/standalone-chrome:126.0"},
+    {"resources": {"requests": {}}},
+    {"resources": {"requests": {"cpu": 2, "memory": "3Gi"}, "limits": {"memory": "3Gi"}}},
+    {"nodeSelector": {"pool": "browsers", "topology.kubernetes.io/zone": "z1"},
+     "tolerations": [{"key": "browsers", "operator": "Exists", "effect": "NoSchedule"}]},
+]
+
+
+def browser_session(ns: str, name: str, **spec: Any) -> str:
+    return json.dumps({"apiVersion": "jiomosa.io/v1alpha1", "kind": "BrowserSession",
+                       "metadata": {"name": name, "namespace": ns},
+                       "spec": {"url": "https://example.com/", **spec}})
+
+
+def create(cluster: ChartCluster, manifest: str) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl("create", "--dry-run=server", "-f", "-", input=manifest, check=False)
+
+
+def test_admission_policy_refuses_what_the_operator_would_fail(
+        chart_cluster: ChartCluster) -> None:
+    """The chart's ValidatingAdmissionPolicy, applied for real, refuses at the API server the
+    BrowserSessions the operator would fail (operator/jiomosa_operator/policy.py, from the same
+    values), and only in the namespaces the operator serves."""
+    ns = chart_cluster.namespace("chart-vap")
+    outside = chart_cluster.namespace("chart-vap-outside")
+    manifests = [d for d in docs(render(ns, [LIMITS], sets=[f"sessions.namespace={ns}"]))
+                 if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert [d["kind"] for d in manifests] == ["ValidatingAdmissionPolicy",
+                                              "ValidatingAdmissionPolicyBinding"]
+    chart_cluster.kubectl("apply", "-f", "-", input=dump(manifests))
+    try:
+        # The binding takes effect once the API server's policy informer has it.
+        first_bad = browser_session(ns, "bad", **REFUSED[0][0])
+        eventually(lambda: create(chart_cluster, first_bad).returncode != 0, timeout=30,
+                   interval=0.3, what="the admission policy in force")
+        for n, (spec, fragment) in enumerate(REFUSED):
+            result = create(chart_cluster, browser_session(ns, f"bad-{n}", **spec))
+            assert result.returncode != 0, f"accepted: {spec}"
+            assert "denied request" in result.stderr and fragment in result.stderr, (
+                spec, result.stderr)
+            # The schema lets each through: outside the served namespaces it is created.
+            assert create(chart_cluster, browser_session(outside, f"bad-{n}", **spec)
+                          ).returncode == 0, spec
+        for n, spec in enumerate(ACCEPTED):
+            result = create(chart_cluster, browser_session(ns, f"good-{n}", **spec))
+            assert result.returncode == 0, (spec, result.stderr)
+    finally:
+        chart_cluster.kubectl("delete", "-f", "-", "--wait=false", input=dump(manifests),
+                              check=False)

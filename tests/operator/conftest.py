@@ -36,11 +36,26 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             pass  # reported by the fixture
 
 
+# Every request of a service account (the operator's and the streamers') is audited at its
+# first stage, RequestReceived, which the API server writes (blocking mode) before it handles
+# the request: whatever a process was answered, its calls are in the log.
+AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                "omitStages": ["ResponseStarted", "ResponseComplete", "Panic"],
+                "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                          {"level": "None"}]}
+
+
 @pytest.fixture(scope="session")
-def kube() -> Iterator[Kube]:
-    """A control plane with the BrowserSession CRD and the RBAC roles applied."""
-    with ControlPlane(built_once()) as cp:
-        k = Kube(cp)
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    """A control plane with the BrowserSession CRD and the RBAC roles applied, auditing what
+    service accounts ask of it (``Kube.api_calls``)."""
+    audit = tmp_path_factory.mktemp("audit")
+    (audit / "policy.json").write_text(json.dumps(AUDIT_POLICY))
+    args = [f"--audit-policy-file={audit / 'policy.json'}",
+            f"--audit-log-path={audit / 'audit.log'}", "--audit-log-mode=blocking",
+            "--audit-log-format=json"]
+    with ControlPlane(built_once(), extra_apiserver_args=args) as cp:
+        k = Kube(cp, audit / "audit.log")
         k.kubectl("apply", "-f", str(CRD))
         k.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                   "crd/browsersessions.jiomosa.io")
@@ -104,3 +119,9 @@ def operator(start_operator: Callable[..., OperatorProcess]) -> OperatorProcess:
 @pytest.fixture
 def streamer_kubeconfig(kube: Kube, namespace: str) -> Path:
     return identity(kube, namespace, "jiomosa-streamer", "jiomosa-streamer")
+
+
+@pytest.fixture
+def identity_for(kube: Kube, namespace: str) -> Callable[[str, str], Path]:
+    """``identity(kube, namespace, account, role)`` for the test's namespace."""
+    return lambda account, role: identity(kube, namespace, account, role)

@@ -1,11 +1,18 @@
 """The tests play the kubelet: for every pod the operator creates, run the browser it describes
 on this machine and report it through the pod's status subresource, as a kubelet would.
 
-A Selenium standalone pod serves WebDriver on its port 4444. Here each "pod" is a
-``chromedriver --port=N`` (WebDriver-compatible; ``start_remote`` falls back to its
-``debuggerAddress`` for CDP). All pods share the loopback network, so each gets its own port:
-the kubelet reports ``podIP: 127.0.0.1`` and annotates the pod with ``jiomosa.io/webdriver-port``,
-which the operator honours under ``JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION=1`` (tests only).
+All pods share the loopback network, so each gets its own port: the kubelet reports
+``podIP: 127.0.0.1`` and annotates the pod with its port, which the operator honours under
+``JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION=1`` (tests only).
+
+* An agent pod (its container's args start with ``browser``: the ``jiomosa-browser`` image) runs
+  the real ``jiomosa browser`` process with the pod's args (its port replaced by a free one,
+  ``jiomosa.io/agent-port``) and the pod's environment, ``secretKeyRef`` values resolved through
+  the API as a kubelet does (a missing Secret: ``CreateContainerConfigError`` until it exists).
+  It is Ready once its ``/readyz`` answers 200, as the pod's readiness probe would say.
+* A Selenium standalone pod serves WebDriver on its port 4444. Here it is a
+  ``chromedriver --port=N`` (WebDriver-compatible; ``start_remote`` falls back to its
+  ``debuggerAddress`` for CDP), announced by ``jiomosa.io/webdriver-port``.
 
 Behaviour by image (the operator copies ``spec.image`` into the pod):
 
@@ -20,11 +27,15 @@ terminated (OOMKilled, Error...), the pod Failed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -34,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import ControlPlane
+from helpers import descendants
 
 SELECTOR = "app.kubernetes.io/managed-by=jiomosa-operator"
 PORT_ANNOTATION = "jiomosa.io/webdriver-port"
+AGENT_PORT_ANNOTATION = "jiomosa.io/agent-port"
 
 
 def _now() -> str:
@@ -57,12 +70,24 @@ class RunningPod:
     name: str
     uid: str
     image: str
+    container: dict[str, Any] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     state: str = "new"
     events: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """An agent pod's environment as its process got it (secretKeyRef values resolved)."""
 
     log_path: Path | None = None
+    home: Path | None = None
+
+    @property
+    def agent(self) -> bool:
+        return list(self.container.get("args") or [])[:1] == ["browser"]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def commands(self) -> list[str]:
         """The WebDriver commands the pod's chromedriver served (InitSession, Quit, ...)."""
@@ -75,13 +100,21 @@ class RunningPod:
         return out
 
     def stop(self) -> None:
+        """Kill everything the pod runs (a container's processes go with it, whatever their
+        process group: the agent starts Chromium in a session of its own)."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        below = descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # chromedriver and its Chromium
+            os.killpg(proc.pid, signal.SIGKILL)  # chromedriver/the agent and its group
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 class FakeKubelet:
@@ -171,8 +204,9 @@ class FakeKubelet:
             with self._lock:
                 pod = self.pods.get(uid)
                 if pod is None:
-                    pod = RunningPod(meta["namespace"], meta["name"], uid,
-                                     item["spec"]["containers"][0]["image"])
+                    container = item["spec"]["containers"][0]
+                    pod = RunningPod(meta["namespace"], meta["name"], uid, container["image"],
+                                     container=container)
                     self.pods[uid] = pod
             if meta.get("deletionTimestamp"):
                 if pod.state != "gone":
@@ -198,6 +232,8 @@ class FakeKubelet:
         try:
             if "registry.invalid" in pod.image:
                 self._image_pull_error(pod)
+            elif pod.agent:
+                self._start_agent(pod)
             else:
                 self._start_browser(pod)
         except Exception as exc:
@@ -239,6 +275,77 @@ class FakeKubelet:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{pod.port}/status", timeout=1):
                     break
+            except OSError:
+                time.sleep(0.05)
+        if pod.proc is None or pod.state == "gone":
+            return
+        pod.state = "running"
+        self._patch_status(pod, self._running(pod, started, ready=True))
+
+    def _resolve_env(self, pod: RunningPod) -> dict[str, str] | None:
+        """The container's env, ``secretKeyRef`` values read through the API; None (and the
+        container reported waiting, as a kubelet does) while a Secret is missing."""
+        out: dict[str, str] = {}
+        for entry in pod.container.get("env") or []:
+            if "value" in entry:
+                out[entry["name"]] = str(entry["value"])
+                continue
+            ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+            code, body = self.cp.request(
+                "GET", f"/api/v1/namespaces/{pod.namespace}/secrets/{ref.get('name')}")
+            value = (body.get("data") or {}).get(ref.get("key")) if code == 200 else None
+            if value is None:
+                self._patch_status(pod, {
+                    "phase": "Pending",
+                    "containerStatuses": [self._container(pod, ready=False, state={
+                        "waiting": {"reason": "CreateContainerConfigError",
+                                    "message": f'secret "{ref.get("name")}" not found'}})]})
+                return None
+            out[entry["name"]] = base64.b64decode(value).decode()
+        return out
+
+    def _start_agent(self, pod: RunningPod) -> None:
+        """``jiomosa browser`` with the pod's args and env, on a port of its own."""
+        deadline = time.monotonic() + 30
+        env = self._resolve_env(pod)
+        while env is None and time.monotonic() < deadline and pod.state != "gone":
+            time.sleep(0.5)
+            env = self._resolve_env(pod)
+        if env is None:
+            return
+        pod.env = env
+        pod.port = free_port()
+        # A short path of its own (Chromium's socket paths must fit in 108 bytes).
+        home = Path(tempfile.mkdtemp(prefix="jpod-"))
+        pod.home = home
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith("JIOMOSA_") and k != "KUBECONFIG"}
+        args = list(pod.container.get("args") or [])
+        if "--port" in args:
+            args[args.index("--port") + 1] = str(pod.port)
+        pod.log_path = self.log_dir / f"agent-{pod.namespace}-{pod.name}.log"
+        log = open(pod.log_path, "wb")
+        pod.proc = subprocess.Popen(
+            [sys.executable, "-m", "jiomosa", *args, "--host", "127.0.0.1"],
+            env={**base, "HOME": str(home), "TMPDIR": str(home), "JIOMOSA_LOG_FORMAT": "text",
+                 **env},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if pod.state == "gone":  # deleted while it started
+            pod.stop()
+            return
+        started = _now()
+        self.cp.request(
+            "PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}",
+            {"metadata": {"annotations": {AGENT_PORT_ANNOTATION: str(pod.port)}}},
+            content_type="application/merge-patch+json")
+        self._patch_status(pod, self._running(pod, started, ready=False))
+        # The readiness probe: GET /readyz on the pod's port.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and pod.proc is not None:
+            try:
+                with urllib.request.urlopen(pod.base + "/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
             except OSError:
                 time.sleep(0.05)
         if pod.proc is None or pod.state == "gone":

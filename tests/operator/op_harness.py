@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "browsersession.yaml"
 RBAC = ROOT / "operator" / "deploy" / "rbac.yaml"
 SESSIONS = "/apis/jiomosa.io/v1alpha1/namespaces/{ns}/browsersessions"
+# The operators of the tests derive their agent pods' tokens from this key (the chart makes a
+# random one per installation).
+TOKEN_KEY = "test-operator-token-key-0123456789abcdef"
 
 T = TypeVar("T")
 
@@ -41,8 +45,43 @@ def eventually(probe: Callable[[], T | None], timeout: float = 30.0, interval: f
 class Kube:
     """Admin access to the test cluster, in the shapes the tests need."""
 
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlane, audit_log: Path | None = None) -> None:
         self.cp = cp
+        self.audit_log = audit_log
+
+    def audit_mark(self) -> int:
+        """Where the audit log ends now (``api_calls`` counts from there)."""
+        assert self.audit_log is not None, "this control plane does not audit"
+        return self.audit_log.stat().st_size if self.audit_log.exists() else 0
+
+    def api_calls(self, since: int, user: str, ignore_verbs: tuple[str, ...] = ("watch",)
+                  ) -> list[str]:
+        """``verb path`` of every request ``user`` made since ``since`` (audit log), but
+        ``ignore_verbs`` (a watch that goes on is no call per request)."""
+        assert self.audit_log is not None, "this control plane does not audit"
+        with self.audit_log.open("rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
+        out = []
+        for line in lines:
+            event = json.loads(line)
+            if (event.get("user") or {}).get("username") != user:
+                continue
+            if event.get("verb") in ignore_verbs:
+                continue
+            out.append(f"{event.get('verb')} {event.get('requestURI')}")
+        return out
+
+    def secret_value(self, ns: str, name: str, key: str) -> str:
+        status, body = self.cp.request("GET", f"/api/v1/namespaces/{ns}/secrets/{name}")
+        assert status == 200, body
+        return base64.b64decode(body["data"][key]).decode()
+
+    def viewer_token(self, ns: str, name: str, timeout: float = 30.0) -> str:
+        """The viewer token of a kubectl-made BrowserSession, read as its author would."""
+        viewer = eventually(lambda: ((self.session(ns, name) or {}).get("status") or {}).get(
+            "viewer"), timeout, what=f"{name}'s viewer token")
+        return self.secret_value(ns, viewer["secretName"], "token")
 
     def kubectl(self, *args: str, input: str | None = None,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -123,10 +162,15 @@ class OperatorProcess(ServerProcess):
             "JIOMOSA_OPERATOR_NAMESPACES": namespace,
             "JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION": "1",
             "JIOMOSA_OPERATOR_ALLOW_HOSTS": "127.0.0.5",
+            # The image the test kubelet fails to pull (ErrImagePull tests) is allowed.
+            "JIOMOSA_OPERATOR_ALLOWED_IMAGES": "registry.invalid/*",
             "JIOMOSA_OPERATOR_POLL_INTERVAL": "0.3",
             "JIOMOSA_OPERATOR_CHECK_INTERVAL": "0.5",
             "JIOMOSA_OPERATOR_LIVENESS_HOST": "127.0.0.1",
             "JIOMOSA_OPERATOR_LIVENESS_PORT": str(self.port),
+            "JIOMOSA_OPERATOR_TOKEN_KEY": TOKEN_KEY,
+            # No warm pool unless a test asks for one (tests/operator/test_operator_pool.py).
+            "JIOMOSA_OPERATOR_WARM_POOL": "0",
             **(env or {}),
         }
         self.log_dir = log_dir

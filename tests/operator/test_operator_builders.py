@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -14,28 +15,47 @@ import pytest
 import yaml
 from op_harness import CRD, ROOT
 
+from jiomosa import __version__
 from jiomosa.core.settings import Settings
-from jiomosa.core.types import BrowserEndpoint, Viewport
-from jiomosa.k8s import model
+from jiomosa.core.types import BrowserEndpoint, BrowserStartError, Viewport
+from jiomosa.k8s import model, viewers
 from jiomosa.k8s.model import parse_time
 from jiomosa.providers.kubernetes import (
     KubeLease,
     endpoint_of,
     session_manifest,
     streamer_made,
+    token_of,
+    token_secret_of,
     viewport_of,
 )
-from jiomosa_operator.builders import SessionSpec, SpecError, build_pod, pod_name
+from jiomosa_operator import tokens
+from jiomosa_operator.builders import (
+    SessionSpec,
+    SpecError,
+    build_pod,
+    claim_patch,
+    pod_name,
+    pool_pod,
+    token_secret,
+    viewer_secret,
+    viewer_status,
+)
 from jiomosa_operator.handlers import BrowserSessionOperator, current_pod
 from jiomosa_operator.main import _tame_kopf
+from jiomosa_operator.policy import SpecNotAllowed, pod_resources
 from jiomosa_operator.settings import OperatorSettings, SettingsError, env_var
 from jiomosa_operator.state import (
     PodState,
+    PoolPlan,
+    agent_endpoints,
+    agent_url,
     endpoints_status,
     expiry,
     last_activity,
     normalize_cdp_url,
     phase_status,
+    plan_pool,
     pod_state,
     set_condition,
     stray_sessions,
@@ -43,7 +63,11 @@ from jiomosa_operator.state import (
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-SETTINGS = OperatorSettings()
+KEY = "k" * 32
+SETTINGS = OperatorSettings(token_key=KEY)  # agent pods, the default
+SELENIUM = OperatorSettings(browser_kind="selenium")
+ENV = {"JIOMOSA_OPERATOR_TOKEN_KEY": KEY}
+SECRET = "web-cdp-x2b4z"
 
 
 def session(name: str = "web", **spec: Any) -> dict[str, Any]:
@@ -53,8 +77,93 @@ def session(name: str = "web", **spec: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the pod
-def test_pod_manifest_with_defaults() -> None:
-    assert build_pod(session(url="https://example.com/"), SETTINGS) == {
+AGENT_SECURITY = {
+    "allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"}, "readOnlyRootFilesystem": True,
+}
+
+
+def agent_spec(env: list[dict[str, Any]]) -> dict[str, Any]:
+    """An agent pod's spec with the operator's defaults and ``env``."""
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 15,
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [{
+            "name": "browser",
+            "image": f"jiomosa.local/jiomosa-browser:{__version__}",
+            "imagePullPolicy": "IfNotPresent",
+            "args": ["browser", "--port", "9300"],
+            "ports": [{"name": "cdp", "containerPort": 9300, "protocol": "TCP"}],
+            "env": env,
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                          "limits": {"memory": "2Gi"}},
+            "readinessProbe": {
+                "httpGet": {"path": "/readyz", "port": "cdp"},
+                "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 3,
+            },
+            "securityContext": AGENT_SECURITY,
+            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
+                             {"name": "tmp", "mountPath": "/tmp"}],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+    }
+
+
+OWNED = {
+    "labels": {
+        "app.kubernetes.io/name": "jiomosa-browser",
+        "app.kubernetes.io/managed-by": "jiomosa-operator",
+        "jiomosa.io/session-uid": "uid-1",
+        "jiomosa.io/session": "web",
+    },
+    "annotations": {"jiomosa.io/session": "web"},
+    "ownerReferences": [{
+        "apiVersion": "jiomosa.io/v1alpha1", "kind": "BrowserSession", "name": "web",
+        "uid": "uid-1", "controller": True, "blockOwnerDeletion": True,
+    }],
+}
+
+
+def test_agent_pod_manifest_with_defaults() -> None:
+    """The default browser pod: ``jiomosa browser`` on one port, read-only root, /tmp and
+    /dev/shm as emptyDirs, its token from the session's Secret, no service-account token."""
+    settings = dataclasses.replace(SETTINGS, allow_hosts=("10.0.0.7", "intranet.example"))
+    assert build_pod(session(url="https://example.com/"), settings, SECRET) == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-browser", "namespace": "ns1", **OWNED},
+        "spec": agent_spec([
+            {"name": "JIOMOSA_BROWSER_TOKEN",
+             "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "token"}}},
+            # The pod enforces the URL policy: it gets the operator's allow list.
+            {"name": "JIOMOSA_ALLOW_HOSTS", "value": "10.0.0.7,intranet.example"},
+        ]),
+    }
+    with pytest.raises(ValueError, match="token Secret"):
+        build_pod(session(), SETTINGS)  # an agent pod never starts without its token
+
+
+def test_agent_pods_run_the_spec_browser_flags() -> None:
+    container = build_pod(session(viewport={"width": 400, "height": 300,
+                                            "deviceScaleFactor": 2},
+                                  userAgent="Kiosk/1 (x)"), SETTINGS, SECRET)[
+        "spec"]["containers"][0]
+    assert container["env"][1:] == [
+        {"name": "JIOMOSA_CHROME_ARGS", "value": "--force-device-scale-factor=2"},
+        {"name": "JIOMOSA_BROWSER_USER_AGENT", "value": "Kiosk/1 (x)"}]
+
+
+def test_selenium_pod_manifest_with_defaults() -> None:
+    assert build_pod(session(url="https://example.com/"), SELENIUM) == {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -119,8 +228,11 @@ def test_pod_manifest_with_defaults() -> None:
 
 
 def test_pod_manifest_takes_the_pod_knobs_of_the_spec() -> None:
-    settings = dataclasses.replace(SETTINGS, vnc_port=0, service_account="browsers",
-                                   shm_size="2Gi", cpu_limit="2")
+    settings = dataclasses.replace(SELENIUM, vnc_port=0, service_account="browsers",
+                                   shm_size="2Gi", cpu_limit="2",
+                                   allowed_images=("registry.example/chrome:*",),
+                                   allowed_node_selectors=("pool=browsers",),
+                                   allowed_tolerations=("browsers",))
     resources = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "3Gi"}}
     tolerations = [{"key": "browsers", "operator": "Exists", "effect": "NoSchedule"}]
     pod = build_pod(session(
@@ -131,7 +243,9 @@ def test_pod_manifest_takes_the_pod_knobs_of_the_spec() -> None:
     container = spec["containers"][0]
     assert (container["image"], container["imagePullPolicy"]) == (
         "registry.example/chrome:126", "Always")
-    assert container["resources"] == resources
+    # The spec's resources over the operator's defaults (its cpu limit stays).
+    assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"},
+                                      "limits": {"cpu": "2", "memory": "3Gi"}}
     assert container["ports"] == [{"name": "webdriver", "containerPort": 4444,
                                    "protocol": "TCP"}]
     assert {"name": "SE_NODE_SESSION_TIMEOUT", "value": str(7 * 24 * 3600)} in container["env"]
@@ -145,6 +259,127 @@ def test_pod_manifest_takes_the_pod_knobs_of_the_spec() -> None:
                      "limits": {"cpu": "2", "memory": "2Gi"}}
 
 
+# ----------------------------------------------------------------------------- what authors may ask
+@pytest.mark.parametrize("spec,fragment", [
+    ({"image": "evil.example/chrome:1"}, "image evil.example/chrome:1 is not allowed"),
+    ({"image": "registry.example/chromium:1"}, "not allowed"),  # the prefix ends in "chrome:"
+    ({"tolerations": [{"operator": "Exists"}]}, "without a key"),
+    ({"tolerations": [{"key": "gpu", "operator": "Exists"}]}, "taint gpu"),
+    ({"nodeSelector": {"pool": "system"}}, "nodeSelector pool=system"),
+    ({"nodeSelector": {"kubernetes.io/hostname": "master"}}, "kubernetes.io/hostname"),
+    ({"resources": {"limits": {"memory": "64Gi"}}}, "limits.memory 64Gi is above"),
+    ({"resources": {"requests": {"cpu": 8}}}, "requests.cpu 8 is above"),
+    ({"resources": {"requests": {"nvidia.com/gpu": 1}}}, "only cpu and memory"),
+    ({"resources": {"limits": {"memory": "0"}}}, "no usable quantity"),
+    ({"resources": {"requests": {"memory": "-1Gi"}}}, "no usable quantity"),
+    ({"resources": {"requests": {"memory": "3Gi"}, "limits": {"memory": "2Gi"}}},
+     "requests.memory is above resources.limits.memory"),
+])
+def test_specs_asking_for_more_than_the_settings_allow_are_refused(spec: dict[str, Any],
+                                                                   fragment: str) -> None:
+    settings = dataclasses.replace(SETTINGS, allowed_images=("registry.example/chrome:*",),
+                                   allowed_node_selectors=("pool=browsers", "zone"),
+                                   allowed_tolerations=("browsers",))
+    parsed = SessionSpec.parse(spec, settings)  # readable: the schema lets these through
+    with pytest.raises(SpecNotAllowed, match=re.escape(fragment)):
+        parsed.check_allowed(settings)
+    with pytest.raises(SpecNotAllowed):
+        build_pod(session(**spec), settings, SECRET)
+    # What the same settings allow.
+    SessionSpec.parse({"image": "registry.example/chrome:126", "nodeSelector": {
+        "pool": "browsers", "zone": "any"}, "tolerations": [{"key": "browsers",
+        "operator": "Exists"}]}, settings).check_allowed(settings)
+    SessionSpec.parse({}, settings).check_allowed(settings)  # the default image
+
+
+@pytest.mark.parametrize("resources,expected", [
+    # requests: {} used to drop every default, the 2 Gi limit with it.
+    ({"requests": {}}, {"requests": {"cpu": "500m", "memory": "1Gi"},
+                        "limits": {"memory": "2Gi"}}),
+    ({"requests": {}, "limits": {}}, {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                      "limits": {"memory": "2Gi"}}),
+    ({"requests": {"cpu": "1"}}, {"requests": {"cpu": "1", "memory": "1Gi"},
+                                  "limits": {"memory": "2Gi"}}),
+    # A request above the default limit raises the limit with it (never above the maximum).
+    ({"requests": {"memory": "3Gi"}}, {"requests": {"cpu": "500m", "memory": "3Gi"},
+                                       "limits": {"memory": "3Gi"}}),
+    # A limit below the default request lowers the request.
+    ({"limits": {"memory": "512Mi", "cpu": 1}}, {"requests": {"cpu": "500m", "memory": "512Mi"},
+                                                 "limits": {"cpu": "1", "memory": "512Mi"}}),
+])
+def test_resources_merge_over_the_defaults_with_a_memory_limit_always(
+        resources: dict[str, Any], expected: dict[str, Any]) -> None:
+    container = build_pod(session(resources=resources), SETTINGS, SECRET)[
+        "spec"]["containers"][0]
+    assert container["resources"] == expected
+    # Without a configured memory limit, the maximum is the limit.
+    settings = dataclasses.replace(SETTINGS, memory_limit="")
+    assert pod_resources({}, settings)["limits"] == {"memory": "4Gi"}
+
+
+def test_resource_settings_are_checked() -> None:
+    for env, fragment in [({"JIOMOSA_OPERATOR_MEMORY_LIMIT": "8Gi"}, "above"),
+                          ({"JIOMOSA_OPERATOR_MAX_CPU": "lots"}, "MAX_CPU"),
+                          ({"JIOMOSA_OPERATOR_CPU_REQUEST": "-1"}, "CPU_REQUEST"),
+                          ({"JIOMOSA_OPERATOR_ALLOWED_NODE_SELECTORS": "=x"}, "no key")]:
+        with pytest.raises(SettingsError, match=fragment):
+            OperatorSettings.from_env({**ENV, **env})
+    settings = OperatorSettings.from_env({
+        **ENV, "JIOMOSA_OPERATOR_ALLOWED_IMAGES": "a/b:1, c/d:*",
+        "JIOMOSA_OPERATOR_MAX_MEMORY": "16Gi", "JIOMOSA_OPERATOR_MEMORY_LIMIT": "8Gi"})
+    assert settings.allowed_images == ("a/b:1", "c/d:*")
+
+
+def test_viewer_secret_and_status() -> None:
+    token = viewers.new_token()
+    assert viewers.is_token(token) and len(token) == 49 and token != viewers.new_token()
+    secret = viewer_secret(session("lobby"), token)
+    assert secret == {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "generateName": "lobby-viewer-", "namespace": "ns1",
+            "labels": {"app.kubernetes.io/name": "jiomosa-viewer",
+                       "app.kubernetes.io/managed-by": "jiomosa-operator",
+                       "jiomosa.io/session-uid": "uid-1"},
+            "annotations": {"jiomosa.io/session": "lobby"},
+            "ownerReferences": [{
+                "apiVersion": "jiomosa.io/v1alpha1", "kind": "BrowserSession",
+                "name": "lobby", "uid": "uid-1", "controller": True,
+                "blockOwnerDeletion": True}],
+        },
+        "type": "Opaque", "immutable": True, "stringData": {"token": token},
+    }
+    status = viewer_status("lobby-viewer-x1y2z", token)
+    assert status["secretName"] == "lobby-viewer-x1y2z"
+    assert status["tokenHash"] == "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+    # Only that exact shape is ever looked up.
+    for other in ("lobby", token[:-1], token + "x", "jview_" + "a" * 42 + "/",
+                  token.replace("jview_", "jview-")):
+        assert not viewers.is_token(other)
+
+
+def test_viewer_index_finds_tokens_by_hash_only() -> None:
+    index = viewers.ViewerIndex(None, "ns1")  # type: ignore[arg-type]
+    token, other = viewers.new_token(), viewers.new_token()
+
+    def bs(name: str, tok: str, **labels: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "labels": labels},
+                "status": {"phase": "Ready", "viewer": viewer_status(f"{name}-v", tok)}}
+    index._put(bs("lobby", token))
+    assert index.lookup(token) is None  # not current (no watch accepted yet): answers nothing
+    index.synced.set()
+    assert index.lookup(token)["metadata"]["name"] == "lobby"  # type: ignore[index]
+    assert index.lookup(other) is None and index.lookup("lobby") is None
+    # Another resource that copies the recorded hash makes the token ambiguous: refused.
+    index._put(bs("copycat", token))
+    assert index.lookup(token) is None
+    index._drop("copycat")
+    assert index.lookup(token) is not None
+    # A streamer's own BrowserSession is never viewable by token.
+    index._put(bs("lobby", token, **{"app.kubernetes.io/created-by": "jiomosa-streamer"}))
+    assert index.lookup(token) is None and index.items() == []
+
+
 def test_pod_names_stay_dns_labels() -> None:
     assert pod_name("web") == "web-browser"
     long = "a" * 60
@@ -152,8 +387,148 @@ def test_pod_names_stay_dns_labels() -> None:
     assert len(name) == 63 and name.endswith("-browser") and name != pod_name("a" * 61)
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
     # A name too long for a label value gets no session label (the uid label is there).
-    labels = build_pod(session("x" * 70), SETTINGS)["metadata"]["labels"]
+    labels = build_pod(session("x" * 70), SETTINGS, SECRET)["metadata"]["labels"]
     assert "jiomosa.io/session" not in labels and labels["jiomosa.io/session-uid"] == "uid-1"
+
+
+# ----------------------------------------------------------------------------- tokens
+def test_tokens_are_derived_per_session_and_per_purpose() -> None:
+    token = tokens.session_token(KEY, "uid-1")
+    assert token == tokens.session_token(KEY, "uid-1")  # the operator derives it again
+    assert re.fullmatch(r"jcdp_[A-Za-z0-9_-]{43}", token)  # 256 bits
+    others = {tokens.session_token(KEY, "uid-2"), tokens.session_token("j" * 32, "uid-1"),
+              tokens.claim_token(KEY, "ns1", "uid-1"), tokens.claim_token(KEY, "ns2", "p"),
+              tokens.claim_token(KEY, "ns1", "p")}
+    assert len(others) == 5 and token not in others
+    with pytest.raises(ValueError):
+        tokens.session_token("", "uid-1")
+
+
+def test_token_secret_and_the_names_status_may_give() -> None:
+    secret = token_secret(session(), "jcdp_x")
+    assert secret == {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "generateName": "web-cdp-", "namespace": "ns1",
+            "labels": {"app.kubernetes.io/name": "jiomosa-cdp-token",
+                       "app.kubernetes.io/managed-by": "jiomosa-operator",
+                       "jiomosa.io/session-uid": "uid-1"},
+            "annotations": {"jiomosa.io/session": "web"},
+            "ownerReferences": OWNED["ownerReferences"],
+        },
+        "type": "Opaque", "immutable": True, "stringData": {"token": "jcdp_x"},
+    }
+    # Only names the API server generates for that session's Secret are read or deleted.
+    assert model.is_generated("web", "cdp", "web-cdp-x2b4z")
+    for name in ("other-cdp-x2b4z", "web-cdp-", "web-cdp-x2b4zz", "web-cdp-X2B4Z",
+                 "web-viewer-x2b4z", "kube-root-ca.crt", None, 7):
+        assert not model.is_generated("web", "cdp", name), name
+
+
+def test_the_streamer_reads_only_the_sessions_own_token_secret() -> None:
+    resource = {"metadata": {"name": "web", "uid": "uid-1"}, "status": {"endpoints": {
+        "cdp": "ws://10.1.2.3:9300/devtools/browser", "cdpTokenSecret": SECRET}}}
+    assert token_secret_of(resource) == SECRET
+    assert token_secret_of({"metadata": {"name": "web"}, "status": {"endpoints": {
+        "cdp": "ws://10.1.2.3:4444/session/s/se/cdp"}}}) == ""  # Selenium: no token
+    forged = {**resource, "status": {"endpoints": {"cdpTokenSecret": "operator-key"}}}
+    with pytest.raises(BrowserStartError):
+        token_secret_of(forged)
+    stored = {"metadata": {"ownerReferences": OWNED["ownerReferences"]},
+              "data": {"token": "amNkcF94"}}
+    assert token_of(stored, resource) == "jcdp_x"
+    foreign = {**stored, "metadata": {"ownerReferences": [
+        {**OWNED["ownerReferences"][0], "uid": "uid-2"}]}}
+    for bad in (foreign, {"metadata": {}, "data": {"token": "amNkcF94"}},
+                {"metadata": stored["metadata"], "data": {}}):
+        with pytest.raises(BrowserStartError):
+            token_of(bad, resource)
+
+
+# ----------------------------------------------------------------------------- warm pool
+def test_pool_pod_and_its_claim() -> None:
+    pod = pool_pod("ns1", "jiomosa-pool-abc", SETTINGS)
+    assert pod == {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "jiomosa-pool-abc", "namespace": "ns1", "labels": {
+            "app.kubernetes.io/name": "jiomosa-browser",
+            "app.kubernetes.io/managed-by": "jiomosa-operator",
+            "jiomosa.io/pool": "warm"}},
+        # No session token: the agent lets nobody in until it is claimed.
+        "spec": agent_spec([{"name": "JIOMOSA_BROWSER_CLAIM_TOKEN",
+                             "value": tokens.claim_token(KEY, "ns1", "jiomosa-pool-abc")}]),
+    }
+    pod["metadata"]["resourceVersion"] = "42"
+    assert claim_patch(session(), pod) == {"metadata": {
+        "resourceVersion": "42",  # the precondition: of two claims, one wins
+        "labels": {"app.kubernetes.io/managed-by": "jiomosa-operator",
+                   "jiomosa.io/session-uid": "uid-1", "jiomosa.io/session": "web",
+                   "jiomosa.io/pool": "claimed"},
+        "annotations": {"jiomosa.io/session": "web"},
+        "ownerReferences": OWNED["ownerReferences"],
+    }}
+
+
+@pytest.mark.parametrize("spec,poolable", [
+    ({}, True),
+    ({"url": "https://example.com/", "viewport": {"width": 400, "height": 300,
+                                                  "mobile": True}}, True),
+    ({"resources": {"requests": {}}}, True),  # the same as the defaults
+    ({"resources": {"requests": {"cpu": "1"}}}, False),
+    ({"image": "registry.example/chrome:1"}, False),
+    ({"imagePullPolicy": "Always"}, False),
+    ({"viewport": {"width": 400, "height": 300, "deviceScaleFactor": 2}}, False),
+    ({"userAgent": "Kiosk/1"}, False),
+    ({"nodeSelector": {"pool": "browsers"}}, False),
+    ({"tolerations": [{"key": "browsers", "operator": "Exists"}]}, False),
+])
+def test_which_sessions_a_pool_pod_can_serve(spec: dict[str, Any], poolable: bool) -> None:
+    settings = dataclasses.replace(SETTINGS, allowed_images=("registry.example/chrome:*",),
+                                   allowed_node_selectors=("pool",),
+                                   allowed_tolerations=("browsers",))
+    assert SessionSpec.parse(spec, settings).poolable(settings) is poolable
+    assert not SessionSpec.parse(spec, dataclasses.replace(settings, warm_pool=0)).poolable(
+        dataclasses.replace(settings, warm_pool=0))
+    assert not SessionSpec.parse(spec, SELENIUM).poolable(SELENIUM)
+
+
+def warm(name: str, created: str, ready: bool = True, phase: str = "Running",
+         deleting: bool = False) -> dict[str, Any]:
+    item = pod(phase, "10.0.0.9", {"Ready": "True" if ready else "False"})
+    item["metadata"].update(name=name, creationTimestamp=created)
+    if deleting:
+        item["metadata"]["deletionTimestamp"] = created
+    return item
+
+
+def test_pool_plan() -> None:
+    now = T0
+    old, new = "2025-03-01T11:50:00Z", "2025-03-01T11:59:50Z"
+    assert plan_pool([], 2, now, 120) == PoolPlan((), 2, ())
+    # Ready ones are kept, missing ones made.
+    plan = plan_pool([warm("a", old)], 2, now, 120)
+    assert (plan.delete, plan.create, plan.ready) == ((), 1, ("a",))
+    # Failed pods and pods that never became ready are replaced; starting ones wait.
+    plan = plan_pool([warm("dead", new, False, phase="Failed"),
+                      warm("stale", old, False), warm("young", new, False),
+                      warm("gone", old, deleting=True)], 2, now, 120)
+    assert (plan.delete, plan.create, plan.ready) == (("dead", "stale"), 1, ())
+    # Scale-down: beyond the size, the not-ready first, then the youngest.
+    plan = plan_pool([warm("b", new), warm("a", old), warm("c", new, False)], 1, now, 120)
+    assert (sorted(plan.delete), plan.create, plan.ready) == (["b", "c"], 0, ("a",))
+    plan = plan_pool([warm("a", old), warm("b", new)], 0, now, 120)
+    assert (sorted(plan.delete), plan.create) == (["a", "b"], 0)
+
+
+def test_agent_urls_and_endpoints() -> None:
+    ready = pod("Running", "10.1.2.3", {"Ready": "True"})
+    ready["metadata"]["annotations"] = {model.ANNOTATION_AGENT_PORT: "39999",
+                                        model.ANNOTATION_WEBDRIVER_PORT: "40000"}
+    assert agent_url(ready, SETTINGS) == "http://10.1.2.3:9300"  # not trusted by default
+    trusting = dataclasses.replace(SETTINGS, trust_port_annotation=True)
+    assert agent_url(ready, trusting) == "http://10.1.2.3:39999"
+    assert agent_endpoints("http://[fd00::7]:9300", SECRET) == {
+        "cdp": "ws://[fd00::7]:9300/devtools/browser", "cdpTokenSecret": SECRET}
 
 
 # ----------------------------------------------------------------------------- the spec
@@ -357,6 +732,7 @@ def test_kopf_log_lines_are_tamed() -> None:
 # ----------------------------------------------------------------------------- settings
 def test_operator_settings_from_env() -> None:
     settings = OperatorSettings.from_env({
+        **ENV,
         "JIOMOSA_OPERATOR_NAMESPACES": "a, b",
         "JIOMOSA_OPERATOR_CHECK_INTERVAL": "2.5",
         "JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION": "yes",
@@ -365,12 +741,31 @@ def test_operator_settings_from_env() -> None:
     assert settings.namespaces == ("a", "b") and settings.check_interval == 2.5
     assert settings.trust_port_annotation is True and settings.liveness_endpoint is None
     assert OperatorSettings().liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    # Agent pods by default, with the pool in the served namespaces; the key stays out of
+    # the settings' repr (they are logged).
+    assert (settings.browser_kind, settings.image, settings.run_as_user) == (
+        "agent", f"jiomosa.local/jiomosa-browser:{__version__}", 10001)
+    assert settings.pool_size == 2 and settings.served_pool_namespaces == ("a", "b")
+    assert KEY not in repr(settings)
+    selenium = OperatorSettings.from_env({"JIOMOSA_OPERATOR_BROWSER_KIND": "selenium",
+                                          "JIOMOSA_OPERATOR_POOL_NAMESPACES": "c"})
+    assert (selenium.image, selenium.run_as_user, selenium.run_as_group) == (
+        "selenium/standalone-chrome:latest", 1200, 1201)
+    assert selenium.pool_size == 0 and selenium.token_key == ""  # no tokens, no pool
     for env, fragment in [({"JIOMOSA_OPERATOR_POLL_INTERVAL": "fast"}, "POLL_INTERVAL"),
                           ({"JIOMOSA_OPERATOR_CHECK_INTERVAL": "0"}, "CHECK_INTERVAL"),
                           ({"JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION": "maybe"}, "TRUST"),
-                          ({"JIOMOSA_OPERATOR_IMAGE_PULL_POLICY": "x"}, "PULL_POLICY")]:
+                          ({"JIOMOSA_OPERATOR_IMAGE_PULL_POLICY": "x"}, "PULL_POLICY"),
+                          ({"JIOMOSA_OPERATOR_BROWSER_KIND": "chrome"}, "BROWSER_KIND"),
+                          ({"JIOMOSA_OPERATOR_WARM_POOL": "-1"}, "WARM_POOL"),
+                          ({"JIOMOSA_OPERATOR_RUN_AS_USER": "-5"}, "RUN_AS_USER"),
+                          ({"JIOMOSA_OPERATOR_NAMESPACES": "a",
+                            "JIOMOSA_OPERATOR_POOL_NAMESPACES": "b"}, "POOL_NAMESPACES"),
+                          ({"JIOMOSA_OPERATOR_TOKEN_KEY": "short"}, "TOKEN_KEY")]:
         with pytest.raises(SettingsError, match=fragment):
-            OperatorSettings.from_env(env)
+            OperatorSettings.from_env({**ENV, **env})
+    with pytest.raises(SettingsError, match="TOKEN_KEY"):
+        OperatorSettings.from_env({})  # agent pods need the key
 
 
 def test_every_setting_is_documented() -> None:

@@ -68,6 +68,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The browser pods' default image (browser.image, as the jiomosa image). */}}
+{{- define "jiomosa.browserImage" -}}
+{{- $i := .Values.browser.image }}
+{{- if $i.digest }}
+{{- printf "%s@%s" $i.repository $i.digest }}
+{{- else }}
+{{- printf "%s:%s" $i.repository (default .Chart.AppVersion $i.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The browser pods' port the streamers and the operator reach: the agent's or WebDriver's. */}}
+{{- define "jiomosa.browserPort" -}}
+{{- if eq .Values.browser.kind "agent" }}{{ .Values.browser.agentPort }}{{ else }}{{ .Values.browser.webdriverPort }}{{ end }}
+{{- end }}
+
+{{/* The Secret holding the operator's token key, and its key. */}}
+{{- define "jiomosa.operator.tokenKeySecret" -}}
+{{- default (printf "%s-operator-key" (include "jiomosa.fullname" .)) .Values.operator.tokenKey.existingSecret }}
+{{- end }}
+
 {{/* Namespace of the BrowserSessions the streamers create. */}}
 {{- define "jiomosa.sessionsNamespace" -}}
 {{- default .Release.Namespace .Values.sessions.namespace }}
@@ -95,6 +115,14 @@ rendered. Cluster-wide: the sessions namespace and any watchNamespaces listed.
 {{- $out = concat (list (include "jiomosa.sessionsNamespace" .)) .Values.operator.watchNamespaces }}
 {{- end }}
 {{- $out | uniq | toJson }}
+{{- end }}
+
+{{/*
+Name of the cluster-scoped ValidatingAdmissionPolicy and its binding: one per release and
+namespace (a digest of the namespace keeps it a DNS label).
+*/}}
+{{- define "jiomosa.admissionPolicyName" -}}
+{{- printf "%s-bs-%s" (include "jiomosa.fullname" .) (.Release.Namespace | sha256sum | trunc 8) }}
 {{- end }}
 
 {{- define "jiomosa.operator.serviceAccountName" -}}
@@ -190,8 +218,12 @@ tests/chart/test_chart_rbac.py, which runs the operator as this ServiceAccount a
 rule in turn:
 - Kopf lists and watches BrowserSessions, patches them (finalizer, progress annotations) and
   their status subresource (phases, endpoints; the handlers' own status patches too);
-- the handlers create, get and delete the browser pods; Kopf's pod index lists and watches them;
-- Kopf posts Events (core/v1) for every transition.
+- the handlers create, get and delete the browser pods and patch a warm pool pod to claim it
+  (owner reference, labels); Kopf's pod index and the pool list and watch them;
+- Kopf posts Events (core/v1) for every transition;
+- the handlers create a Secret (generated name) with the viewer token of each kubectl-made
+  session and one with the CDP token of each agent pod, and delete them with the session; they
+  never read one (no get: the CDP tokens are derived from the operator's key).
 No leases: the operator runs standalone (one replica, no Kopf peering).
 */}}
 {{- define "jiomosa.operator.rules" -}}
@@ -203,10 +235,13 @@ No leases: the operator runs standalone (one replica, no Kopf peering).
   verbs: [patch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create, delete]
 {{- end }}
 
 {{/*
@@ -222,13 +257,19 @@ shows the lifecycle passing without, and failing without the CRD rule).
 
 {{/*
 RBAC rules of a streamer with backend kubernetes (streamer/jiomosa/providers/kubernetes.py): create a
-BrowserSession per session, read one (by name, or all to list them), patch its activity
-annotation, delete it at close. No watch: the streamer polls a starting session.
+BrowserSession per session, read it while it starts, patch its activity annotation, delete it
+at close; list and watch the kubectl-made ones (the index of viewer-token hashes,
+streamer/jiomosa/k8s/viewers.py); get (by name, never list) the Secret with the CDP token of a
+session's agent pod (status.endpoints.cdpTokenSecret). RBAC cannot narrow that get to those
+names: keep sessions.namespace apart from the release namespace (docs/operator.md, "Tokens").
 */}}
 {{- define "jiomosa.streamer.rules" -}}
 - apiGroups: [jiomosa.io]
   resources: [browsersessions]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- end }}
 
 {{/*
@@ -241,8 +282,10 @@ operator.env over them (so that a value there wins instead of duplicating a vari
   "JIOMOSA_LOG_FORMAT" .Values.logging.format
   "JIOMOSA_LOG_LEVEL" .Values.logging.level
   "JIOMOSA_OPERATOR_NAMESPACES" (ternary "" (include "jiomosa.csv" (fromJsonArray (include "jiomosa.watchNamespaces" .))) .Values.operator.clusterWide)
-  "JIOMOSA_OPERATOR_IMAGE" $b.image
+  "JIOMOSA_OPERATOR_BROWSER_KIND" $b.kind
+  "JIOMOSA_OPERATOR_IMAGE" (include "jiomosa.browserImage" .)
   "JIOMOSA_OPERATOR_IMAGE_PULL_POLICY" $b.pullPolicy
+  "JIOMOSA_OPERATOR_AGENT_PORT" (printf "%d" (int $b.agentPort))
   "JIOMOSA_OPERATOR_WEBDRIVER_PORT" (printf "%d" (int $b.webdriverPort))
   "JIOMOSA_OPERATOR_VNC_PORT" (printf "%d" (int $b.vncPort))
   "JIOMOSA_OPERATOR_CPU_REQUEST" ($b.resources.requests.cpu | default "")
@@ -250,10 +293,19 @@ operator.env over them (so that a value there wins instead of duplicating a vari
   "JIOMOSA_OPERATOR_CPU_LIMIT" ($b.resources.limits.cpu | default "")
   "JIOMOSA_OPERATOR_MEMORY_LIMIT" ($b.resources.limits.memory | default "")
   "JIOMOSA_OPERATOR_SHM_SIZE" $b.shmSize
-  "JIOMOSA_OPERATOR_RUN_AS_USER" (printf "%d" (int $b.runAsUser))
-  "JIOMOSA_OPERATOR_RUN_AS_GROUP" (printf "%d" (int $b.runAsGroup))
+  "JIOMOSA_OPERATOR_TMP_SIZE" $b.tmpSize
+  "JIOMOSA_OPERATOR_ALLOWED_IMAGES" (include "jiomosa.csv" $b.allowedImages)
+  "JIOMOSA_OPERATOR_MAX_CPU" (toString $b.maxResources.cpu)
+  "JIOMOSA_OPERATOR_MAX_MEMORY" (toString $b.maxResources.memory)
+  "JIOMOSA_OPERATOR_ALLOWED_NODE_SELECTORS" (include "jiomosa.csv" $b.allowedNodeSelectors)
+  "JIOMOSA_OPERATOR_ALLOWED_TOLERATIONS" (include "jiomosa.csv" $b.allowedTolerations)
+  "JIOMOSA_OPERATOR_RUN_AS_USER" (ternary "" (printf "%d" (int $b.runAsUser)) (kindIs "invalid" $b.runAsUser))
+  "JIOMOSA_OPERATOR_RUN_AS_GROUP" (ternary "" (printf "%d" (int $b.runAsGroup)) (kindIs "invalid" $b.runAsGroup))
   "JIOMOSA_OPERATOR_SERVICE_ACCOUNT" $b.serviceAccountName
   "JIOMOSA_OPERATOR_START_TIMEOUT" (printf "%d" (int $b.startTimeoutSeconds))
+  "JIOMOSA_OPERATOR_WARM_POOL" (printf "%d" (int $b.warmPool.size))
+  "JIOMOSA_OPERATOR_POOL_NAMESPACES" (include "jiomosa.sessionsNamespace" .)
+  "JIOMOSA_OPERATOR_POOL_START_TIMEOUT" (printf "%d" (int $b.warmPool.startTimeoutSeconds))
   "JIOMOSA_OPERATOR_ALLOW_HOSTS" (include "jiomosa.csv" .Values.urlPolicy.allowHosts)
   "JIOMOSA_OPERATOR_LIVENESS_PORT" (printf "%d" (int .Values.operator.livenessPort))
 }}

@@ -51,12 +51,17 @@ class CDPConnection:
         self._reader = asyncio.create_task(self._read_loop(), name="cdp-reader")
 
     @classmethod
-    async def connect(cls, ws_url: str, timeout: float = 10.0) -> CDPConnection:
+    async def connect(cls, ws_url: str, timeout: float = 10.0,
+                      token: str = "") -> CDPConnection:
+        """Open the browser's DevTools websocket; ``token`` is sent as a bearer token (a
+        browser pod's agent demands it)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         http = aiohttp.ClientSession()
         try:
             # Screencast frames arrive as base64 inside JSON: allow large messages.
             ws = await asyncio.wait_for(
-                http.ws_connect(ws_url, max_msg_size=256 * 1024 * 1024, compress=0), timeout
+                http.ws_connect(ws_url, max_msg_size=256 * 1024 * 1024, compress=0,
+                                headers=headers), timeout
             )
         except BaseException:
             await http.close()

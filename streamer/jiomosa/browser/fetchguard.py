@@ -4,10 +4,15 @@
 iframes', its workers', redirects included) until we continue or fail it. Verdicts for a host
 are cached briefly: a page's subresources come in bursts from few hosts. Page-opened
 WebSockets are not paused by ``Fetch``; the egress proxy covers them (``egress.py``).
+
+One page may have only a few host-name lookups in flight (``MAX_LOOKUPS``): a page that asks
+for hundreds of never-answering names waits behind its own lookups and leaves the streamer's
+shared lookup slots (``core/dns.py``) to the other sessions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +23,8 @@ from jiomosa.core.tasks import TaskSet
 from jiomosa.core.urlpolicy import UrlPolicy, UrlRejected
 
 VERDICT_TTL = 10.0  # seconds a host's verdict is reused
+MAX_VERDICTS = 1024  # hosts remembered per browser; expired ones go first beyond this
+MAX_LOOKUPS = 8  # policy checks (lookups) one browser may have in flight
 ALWAYS_ALLOWED_SCHEMES = frozenset({"data", "blob", "about", "chrome-extension", "devtools"})
 
 
@@ -31,6 +38,7 @@ class RequestGuard:
         self._tasks = tasks
         self._on_blocked = on_blocked
         self._verdicts: dict[str, tuple[bool, float]] = {}
+        self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
 
     async def enable(self) -> None:
         self._conn.on("Fetch.requestPaused", self._paused)
@@ -67,11 +75,17 @@ class RequestGuard:
         cached = self._verdicts.get(host)
         if cached is not None and cached[1] > now:
             return cached[0]
-        try:
-            await self._policy.check(url)
-            verdict = True
-        except UrlRejected:
-            verdict = False
+        async with self._lookups:
+            try:
+                await self._policy.check(url)
+                verdict = True
+            except UrlRejected:
+                verdict = False
+        now = time.monotonic()
+        if len(self._verdicts) >= MAX_VERDICTS:
+            self._verdicts = {h: v for h, v in self._verdicts.items() if v[1] > now}
+            while len(self._verdicts) >= MAX_VERDICTS:
+                del self._verdicts[next(iter(self._verdicts))]
         self._verdicts[host] = (verdict, now + VERDICT_TTL)
         return verdict
 

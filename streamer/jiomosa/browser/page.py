@@ -79,10 +79,11 @@ class BrowserPage:
     # ----------------------------------------------------------------- attach / detach
     @classmethod
     async def attach(
-        cls, cdp_url: str, policy: UrlPolicy, viewport: Viewport, timeout: float = 15.0
+        cls, cdp_url: str, policy: UrlPolicy, viewport: Viewport, timeout: float = 15.0,
+        token: str = "",
     ) -> BrowserPage:
         """Connect to a browser and take control of its (first) page."""
-        conn = await CDPConnection.connect(cdp_url, timeout=timeout)
+        conn = await CDPConnection.connect(cdp_url, timeout=timeout, token=token)
         try:
             targets = await conn.send("Target.getTargets", timeout=timeout)
             pages = [t for t in targets.get("targetInfos", []) if t.get("type") == "page"]
@@ -110,6 +111,9 @@ class BrowserPage:
         conn.on("Target.targetDestroyed", self._handle_destroyed)
         conn.on("Target.targetCreated", self._handle_target_created)
         conn.on_close(lambda: self._gone("browser connection closed"))
+        # No downloads, browser-wide and before anything loads: a local browser would write
+        # them to the streamer's disk ($HOME/Downloads), kept after the session and unbounded.
+        await conn.send("Browser.setDownloadBehavior", {"behavior": "deny"})
         # Browser-wide interception: covers the page, its out-of-process iframes and workers.
         await RequestGuard(conn, self._policy, self._tasks, self._blocked).enable()
         await conn.send("Target.setDiscoverTargets", {"discover": True})
@@ -223,15 +227,15 @@ class BrowserPage:
         except (KeyError, ValueError):
             return
         meta = params.get("metadata", {})
-        if self._stale(meta):
+        try:
+            width, height = jpeg_size(jpeg)
+        except ValueError:
+            return
+        if self._stale(meta, width, height):
             if not self._refreshing:
                 # An unchanging page sends no next frame by itself: ask for one.
                 self._refreshing = True
                 self._tasks.spawn(self._refresh(), "stale-refresh")
-            return
-        try:
-            width, height = jpeg_size(jpeg)
-        except ValueError:
             return
         self.last_frame_meta = meta
         self.last_frame_size = (width, height)
@@ -242,12 +246,18 @@ class BrowserPage:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _stale(self, meta: dict[str, Any]) -> bool:
+    def _stale(self, meta: dict[str, Any], frame_width: int, frame_height: int) -> bool:
         """A frame painted before the viewport override took effect (the screencast may start
         with the compositor's previous frame): drop it rather than show the wrong size. Only
         right after a change, so that a page whose metrics differ is never starved."""
         if time.monotonic() - self._viewport_changed > STALE_WINDOW:
             return False
+        # The previous frame may come under metadata that already tells the new metrics (after
+        # another client's override ended: the operator's, before a streamer attaches to a
+        # browser pod): its picture still has the old shape.
+        if (abs(frame_width - self.viewport.frame_width) > 1
+                or abs(frame_height - self.viewport.frame_height) > 1):
+            return True
         width, height = meta.get("deviceWidth"), meta.get("deviceHeight")
         if not isinstance(width, int | float) or not isinstance(height, int | float):
             return False

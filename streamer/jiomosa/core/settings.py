@@ -7,6 +7,7 @@ and a test keeps the two in step (``tests/test_units.py::test_every_setting_is_d
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,36 @@ class Settings:
     streamer's policy-checking proxy, which also catches the WebSockets a page opens and DNS
     rebinding (``docs/security.md``); ``0`` turns it off."""
 
+    dns_servers: tuple[str, ...] = ()
+    """``JIOMOSA_DNS_SERVERS``: comma-separated DNS servers the URL policy and the egress
+    proxy ask (``ip``, ``ip:port`` or ``[ipv6]:port``); empty = those of /etc/resolv.conf.
+    /etc/hosts is read either way."""
+
+    dns_timeout: float = 5.0
+    """``JIOMOSA_DNS_TIMEOUT``: seconds a host-name lookup may take, waiting for a free lookup
+    slot included; a host that does not answer in time does not resolve."""
+
+    dns_max_lookups: int = 64
+    """``JIOMOSA_DNS_MAX_LOOKUPS``: lookups in flight at once; more wait for a slot (within
+    their timeout). Lookups of one name at the same time share one."""
+
+    dns_max_ttl: float = 300.0
+    """``JIOMOSA_DNS_MAX_TTL``: longest time, in seconds, an answer is cached (records with a
+    shorter TTL are kept for their TTL)."""
+
+    dns_negative_ttl: float = 5.0
+    """``JIOMOSA_DNS_NEGATIVE_TTL``: seconds a name that did not resolve (no such name, no
+    answer in time) is remembered as such."""
+
+    jpeg_threads: int = 2
+    """``JIOMOSA_JPEG_THREADS``: threads that re-encode frames to a lower JPEG quality; their
+    own pool, so that re-encodes never wait behind other blocking work, nor it behind them."""
+
+    browser_threads: int = 0
+    """``JIOMOSA_BROWSER_THREADS``: threads that start and quit browsers (Selenium blocks);
+    their own pool. 0 = one per browser that may exist (``JIOMOSA_MAX_SESSIONS`` plus
+    ``JIOMOSA_WARM_BROWSERS``)."""
+
     warm_browsers: int = 1
     """``JIOMOSA_WARM_BROWSERS``: browsers kept started and ready so that a new session does
     not wait for Chromium to boot. 0 turns the pool off."""
@@ -91,6 +122,12 @@ class Settings:
 
     max_body_bytes: int = 64 * 1024
     """``JIOMOSA_MAX_BODY_BYTES``: largest accepted REST request body or Socket.IO message."""
+
+    max_queued_bytes: int = 1024 * 1024
+    """``JIOMOSA_MAX_QUEUED_BYTES``: bytes of answers and notices that may wait for one
+    Socket.IO or plain WebSocket client that does not read them (frames apart: a client has
+    at most one waiting); each waiting message counts at least 256. Past it the connection is
+    closed."""
 
     max_text_chars: int = 4096
     """``JIOMOSA_MAX_TEXT_CHARS``: longest text accepted by one text-input event."""
@@ -174,7 +211,16 @@ class Settings:
              "JIOMOSA_FRAME_ENCODING must be binary or base64"),
             (self.log_format in ("json", "text"), "JIOMOSA_LOG_FORMAT must be json or text"),
             (self.max_body_bytes >= 1024, "JIOMOSA_MAX_BODY_BYTES must be >= 1024"),
+            (self.max_queued_bytes >= 16384, "JIOMOSA_MAX_QUEUED_BYTES must be >= 16384"),
             (self.lease_ttl >= 1.5, "JIOMOSA_LEASE_TTL must be >= 1.5"),
+            (all(_is_dns_server(s) for s in self.dns_servers),
+             "JIOMOSA_DNS_SERVERS must list IP addresses (ip, ip:port or [ipv6]:port)"),
+            (self.dns_timeout > 0, "JIOMOSA_DNS_TIMEOUT must be > 0"),
+            (self.dns_max_lookups >= 1, "JIOMOSA_DNS_MAX_LOOKUPS must be >= 1"),
+            (self.dns_max_ttl >= 0, "JIOMOSA_DNS_MAX_TTL must be >= 0"),
+            (self.dns_negative_ttl >= 0, "JIOMOSA_DNS_NEGATIVE_TTL must be >= 0"),
+            (self.jpeg_threads >= 1, "JIOMOSA_JPEG_THREADS must be >= 1"),
+            (self.browser_threads >= 0, "JIOMOSA_BROWSER_THREADS must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -187,6 +233,21 @@ _VARS = {
     "chromedriver_path": "JIOMOSA_CHROMEDRIVER",
     "extra_chrome_args": "JIOMOSA_CHROME_ARGS",
 }
+
+
+def _is_dns_server(entry: str) -> bool:
+    """``ip``, ``ip:port`` or ``[ipv6]:port``: what c-ares takes (no names: who resolves them?)."""
+    host, port = entry, "53"
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("53" if not rest else "")
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return port.isdigit() and 0 < int(port) < 65536
 
 
 def env_var(field_name: str) -> str:

@@ -118,6 +118,8 @@ class BrowserEndpoint:
     """WebDriver endpoint that owns the browser (chromedriver or Grid)."""
     webdriver_session_id: str = ""
     """The WebDriver session id, for quitting the browser over plain HTTP."""
+    cdp_token: str = ""
+    """Bearer token for ``cdp_url`` (a browser pod's agent demands it); secret."""
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -125,7 +127,7 @@ class BrowserEndpoint:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BrowserEndpoint:
         return cls(**{k: str(data.get(k, "")) for k in ("kind", "cdp_url", "webdriver_url",
-                                                          "webdriver_session_id")})
+                                                          "webdriver_session_id", "cdp_token")})
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from jiomosa.fleet.store import SessionRecord, Store
 from jiomosa.frames.hub import FrameHub
 from jiomosa.providers.base import BrowserProvider
 from jiomosa.sessions.manager import PageAttacher, SessionManager
-from jiomosa.sessions.session import LocalSession, Session
+from jiomosa.sessions.session import LocalSession, Session, Share
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def record_of(session: LocalSession, owner: str) -> SessionRecord:
         endpoint=session.lease.endpoint.to_dict() if session.lease else {},
         viewport=session.viewport.to_dict(), page_info=session.page_info,
         state=str(session.state), error=session.error or "",
-        seq=hub.latest.seq if hub.latest else 0)
+        seq=hub.latest.seq if hub.latest else 0,
+        shares={token: share.to_dict() for token, share in session.shares.items()})
 
 
 class FleetManager(SessionManager):
@@ -116,6 +117,14 @@ class FleetManager(SessionManager):
         records = await self._store_call(self.store.all())
         return [RemoteSession(self, r).summary() for r in records]
 
+    async def _find_share_elsewhere(self, token: str) -> Session | None:
+        # A scan of the registry: share links are opened rarely (a subscribe, a poll), and
+        # a fleet holds at most its streamers' capacity of sessions.
+        for record in await self._store_call(self.store.all()):
+            if token in record.shares:
+                return RemoteSession(self, record)
+        return None
+
     async def _close_elsewhere(self, session_id: str, reason: str) -> bool:
         remote = await self.lookup(session_id)
         if not isinstance(remote, RemoteSession):  # adopted meanwhile
@@ -172,7 +181,15 @@ class FleetManager(SessionManager):
         if session is None:
             raise SessionError("this streamer does not own the session", 409)
         if op == "input":
-            return await session.input(str(args.get("kind")), args.get("payload"))
+            via = args.get("share")
+            return await session.input(str(args.get("kind")), args.get("payload"),
+                                       via=via if isinstance(via, str) else None)
+        if op == "share":
+            share = await self.share(session, bool(args.get("input")))
+            return {"token": share.token, **share.to_dict()}
+        if op == "unshare":
+            gone = await self.unshare(session, str(args.get("key")))
+            return {"token": gone.token, **gone.to_dict()}
         if op == "load":
             return await session.load(str(args.get("url")), float(args.get("timeout", 20)))
         if op == "close":
@@ -231,6 +248,7 @@ class FleetManager(SessionManager):
         # 4. Mirrors: keep watched ones alive at the owner, drop unwatched ones.
         for session_id in await self.mirrors.sweep():
             self._remote_activity[session_id] = time.time()
+        await self._recheck_shares()
         pending, self._remote_activity = self._remote_activity, {}
         for session_id, when in pending.items():
             await self.store.touch(session_id, when)
@@ -238,6 +256,14 @@ class FleetManager(SessionManager):
         await self._adopt_orphans()
         # 6. Take over sessions whose clients are all on this streamer.
         await self._follow_clients()
+
+    async def _recheck_shares(self) -> None:
+        """Share links revoked on another streamer: the viewers of the sessions mirrored here
+        learn it from the registry within a tick (the owner's own viewers at once)."""
+        for session_id in self.mirrors.watched():
+            record = await self.store.get(session_id)
+            if record is not None:
+                await self.notify_unshared(RemoteSession(self, record))
 
     # =============================================================== moving sessions
     async def _adopt_orphans(self) -> None:
@@ -278,8 +304,9 @@ class FleetManager(SessionManager):
         session.hub.continue_above(record.seq + seq_gap)
         session.page_info = record.page_info
         session.last_activity = record.last_activity
+        session.restore_shares({t: Share.from_dict(t, d) for t, d in record.shares.items()})
         try:
-            page = await self._attach(endpoint.cdp_url, self.policy, session.viewport)
+            page = await self._attach(endpoint, self.policy, session.viewport)
         except Exception as exc:
             session.log.warning("cannot re-attach to the browser of %s (%s); closing it",
                                 record.owner, exc)

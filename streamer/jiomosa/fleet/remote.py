@@ -14,7 +14,7 @@ from jiomosa.core.types import SessionState
 from jiomosa.core.urlpolicy import UrlPolicy
 from jiomosa.fleet.store import SessionRecord
 from jiomosa.frames.hub import FrameHub
-from jiomosa.sessions.session import Session
+from jiomosa.sessions.session import Session, Share
 
 
 class OwnerLink(Protocol):
@@ -80,6 +80,11 @@ class RemoteSession(Session):
     def watched_hub(self) -> FrameHub | None:
         return self._link.existing_mirror(self.id)
 
+    @property
+    def shares(self) -> dict[str, Share]:
+        return {token: Share.from_dict(token, data)
+                for token, data in self.record.shares.items()}
+
     # --------------------------------------------------------------- operations
     def touch(self) -> None:
         self._link.note_remote_activity(self.id)
@@ -95,10 +100,25 @@ class RemoteSession(Session):
         timeout = timeout or self.settings.navigation_timeout
         return await self._call("load", {"url": url, "timeout": timeout}, timeout + 5)
 
-    async def input(self, kind: str, payload: Any) -> dict[str, Any]:
+    async def input(self, kind: str, payload: Any, via: str | None = None) -> dict[str, Any]:
+        self.input_grant(via)  # as the registry knows it; the owner checks again
         parse_input(kind, payload, self.settings)  # bad input never travels
         self.ensure_ready()
-        return await self._call("input", {"kind": kind, "payload": payload})
+        return await self._call("input", {"kind": kind, "payload": payload, "share": via})
+
+    async def share(self, allow_input: bool) -> Share:
+        # The owner makes it: it rewrites the record every second from its own session.
+        made = await self._call("share", {"input": allow_input})
+        share = Share.from_dict(str(made["token"]), made)
+        self.record.shares[share.token] = share.to_dict()
+        return share
+
+    async def unshare(self, key: str) -> Share | None:
+        gone = await self._call("unshare", {"key": key})
+        if not gone.get("token"):
+            return None
+        self.record.shares.pop(str(gone["token"]), None)
+        return Share.from_dict(str(gone["token"]), gone)
 
     async def set_source_quality(self, quality: int) -> None:
         await self._call("quality", {"quality": quality})

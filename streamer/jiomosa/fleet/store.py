@@ -31,6 +31,9 @@ class SessionRecord:
     seq: int = 0
     """The owner's latest frame number (refreshed once a second): a new owner continues
     above it so that mirrors and pollers see numbers only grow."""
+    shares: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The session's live share links, token → ``Share.to_dict()``: any streamer can open a
+    share link's view, and a new owner keeps them."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from jiomosa import metrics
+from jiomosa.core import executors
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,8 @@ class FrameHub:
 
 
 async def _variant(frame: Frame, quality: int, encoding: str) -> bytes:
-    data = frame.jpeg if quality >= frame.quality else await asyncio.to_thread(
-        reencode, frame.jpeg, quality)
+    data = frame.jpeg if quality >= frame.quality else await executors.run(
+        "jpeg", reencode, frame.jpeg, quality)
     if encoding == "base64":
         data = b"data:image/jpeg;base64," + base64.b64encode(data)
     return data

@@ -10,7 +10,7 @@ import json
 import os
 import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ import aiohttp
 from jiomosa.k8s import model
 
 MERGE_PATCH = "application/merge-patch+json"
+MAX_WATCH_LINE = 4 * 1024 * 1024  # bytes of one watch event (an object is at most ~1.5 MiB)
 
 
 class ApiError(RuntimeError):
@@ -47,6 +48,11 @@ def pod_path(namespace: str, name: str = "", subresource: str = "") -> str:
     return path
 
 
+def secret_path(namespace: str, name: str = "") -> str:
+    path = f"/api/v1/namespaces/{_q(namespace)}/secrets"
+    return f"{path}/{_q(name)}" if name else path
+
+
 def _q(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
@@ -64,19 +70,22 @@ class KubeApi:
         self._closed = False
 
     @classmethod
-    async def from_environment(cls) -> KubeApi:
-        """In-cluster credentials when running in a pod, else the kubeconfig."""
-        return await asyncio.to_thread(cls._load)
+    async def from_environment(cls, kubeconfig: str | None = None) -> KubeApi:
+        """In-cluster credentials when running in a pod, else the kubeconfig (``kubeconfig``,
+        else ``$KUBECONFIG``, else ``~/.kube/config``)."""
+        return await asyncio.to_thread(cls._load, kubeconfig)
 
     @classmethod
-    def _load(cls) -> KubeApi:
+    def _load(cls, kubeconfig: str | None = None) -> KubeApi:
         from kubernetes import client, config
 
         cfg = client.Configuration()
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        if (not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
+                and not os.environ.get("KUBECONFIG")):
             config.load_incluster_config(client_configuration=cfg)
         else:
-            config.load_kube_config(client_configuration=cfg, persist_config=False)
+            config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+                                    client_configuration=cfg, persist_config=False)
         context: ssl.SSLContext | bool
         if cfg.verify_ssl:
             context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None,
@@ -135,6 +144,38 @@ class KubeApi:
             message = data.get("message", "") if isinstance(data, dict) else str(data)[:300]
             raise ApiError(status, message)
         return data
+
+    async def watch(self, path: str, resource_version: str,
+                    params: Mapping[str, str] | None = None,
+                    opened: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch of the collection at ``path`` from ``resource_version``,
+        until the server ends it (``timeoutSeconds`` in ``params``); ``opened()`` is called
+        once the server has accepted the watch."""
+        if self._closed:
+            raise ApiError(503, "the API client is closed")
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        query = {**(params or {}), "watch": "1", "resourceVersion": resource_version}
+        server_timeout = float(query.get("timeoutSeconds", "300"))
+        # No total timeout: a watch lasts; a silent connection still ends (sock_read).
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30,
+                                        sock_read=server_timeout + 60)
+        async with self._http.get(self.host + path, params=query, headers=self._headers(),
+                                  ssl=self._ssl, timeout=timeout) as response:
+            if response.status >= 300:
+                text = await response.text()
+                raise ApiError(response.status, text[:300])
+            if opened is not None:
+                opened()
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+                if len(buffer) > MAX_WATCH_LINE:
+                    raise ApiError(502, "a watch event is too large")
 
     async def get(self, path: str) -> dict[str, Any] | None:
         """The object, or None if it does not exist."""

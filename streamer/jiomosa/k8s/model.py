@@ -34,6 +34,18 @@ ANNOTATION_SESSION: Final = "jiomosa.io/session"
 ANNOTATION_WEBDRIVER_PORT: Final = "jiomosa.io/webdriver-port"
 """On a pod: the port its WebDriver listens on, when it is not the operator's webdriver_port.
 Honoured only with ``JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION`` (single-host test setups)."""
+ANNOTATION_AGENT_PORT: Final = "jiomosa.io/agent-port"
+"""On an agent pod: the port ``jiomosa browser`` listens on, when it is not the operator's
+agent_port. Honoured only with ``JIOMOSA_OPERATOR_TRUST_PORT_ANNOTATION`` (tests)."""
+LABEL_POOL: Final = "jiomosa.io/pool"
+"""On a warm-pool pod: ``warm`` while it waits for a session, ``claimed`` once a session owns
+it (it never returns to the pool)."""
+POOL_WARM: Final = "warm"
+POOL_CLAIMED: Final = "claimed"
+
+# The Secret holding a BrowserSession's CDP token (the agent's bearer token): made by the
+# operator with a generated name, owned by the session, named in status.endpoints.cdpTokenSecret.
+TOKEN_SECRET_KEY: Final = "token"
 
 # Annotations on BrowserSessions.
 ANNOTATION_ACTIVITY: Final = "jiomosa.io/last-activity"
@@ -44,6 +56,30 @@ LABEL_CREATED_BY: Final = "app.kubernetes.io/created-by"
 CREATED_BY_STREAMER: Final = "jiomosa-streamer"
 
 CONTAINER: Final = "browser"
+
+
+def made_by_streamer(resource: Any) -> bool:
+    """Whether a streamer created this BrowserSession (it deletes it; nobody views it by a
+    viewer token: it is reached through the streamer's own session id only)."""
+    labels = ((resource or {}).get("metadata") or {}).get("labels") or {}
+    return bool(labels.get(LABEL_CREATED_BY) == CREATED_BY_STREAMER)
+
+
+def generated_prefix(session_name: str, kind: str) -> str:
+    """The ``generateName`` of a session's Secret of ``kind`` (``cdp``, ``viewer``)."""
+    return f"{session_name[:200].rstrip('.-')}-{kind}-"
+
+
+def is_generated(session_name: str, kind: str, secret_name: object) -> bool:
+    """Whether ``secret_name`` is what the API server generates from that prefix (five
+    characters of ``[a-z0-9]``). Status is not trusted blindly: a name recorded there that is
+    not the session's own Secret is neither read (streamer) nor deleted (operator)."""
+    if not isinstance(secret_name, str):
+        return False
+    prefix = generated_prefix(session_name, kind)
+    rest = secret_name[len(prefix):]
+    return (secret_name.startswith(prefix) and len(rest) == 5
+            and all(c.isdigit() or "a" <= c <= "z" for c in rest))
 
 
 # Times in status and annotations: RFC 3339, as Kubernetes writes them.

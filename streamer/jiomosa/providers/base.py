@@ -6,11 +6,11 @@ per browser) is chosen by the composition root (``jiomosa.app``); sessions only 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jiomosa.browser import driver
+from jiomosa.core import executors
 from jiomosa.core.types import BrowserEndpoint, Viewport
 
 
@@ -23,11 +23,10 @@ class BrowserLease:
 
     async def release(self) -> None:
         if self._local is not None:
-            await asyncio.to_thread(self._local.quit)
+            await executors.run("browser", self._local.quit)
         else:
-            await asyncio.to_thread(
-                driver.quit_remote, self.endpoint.webdriver_url, self.endpoint.webdriver_session_id
-            )
+            await executors.run("browser", driver.quit_remote, self.endpoint.webdriver_url,
+                                self.endpoint.webdriver_session_id)
 
     def note_activity(self, at: float) -> None:
         """The session saw user activity at ``at`` (Unix time); backends that reap idle
@@ -48,12 +47,13 @@ class BrowserProvider(Protocol):
     def request_refill(self) -> None: ...
 
     async def find(self, name: str) -> tuple[BrowserLease, Viewport] | None:
-        """A browser the backend knows by ``name`` that no streamer serves (a BrowserSession
-        made with kubectl), or None."""
+        """A browser the backend hands out for the client's id ``name`` that no streamer serves
+        (Kubernetes: the kubectl-made BrowserSession whose viewer token ``name`` is; never a
+        resource name), or None. Must cost nothing for an id it cannot know."""
         ...
 
     async def listed(self) -> list[dict[str, Any]]:
-        """Summaries (as ``/api/sessions`` lists them) of such browsers."""
+        """Summaries (as ``/api/sessions`` lists them, to the admin only) of such browsers."""
         ...
 
     @property

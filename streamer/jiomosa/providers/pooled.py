@@ -11,6 +11,7 @@ from typing import Any
 
 from jiomosa.browser import driver
 from jiomosa.browser.cdp import CDPConnection
+from jiomosa.core import executors
 from jiomosa.core.settings import Settings
 from jiomosa.core.types import BrowserEndpoint, BrowserStartError, Viewport
 from jiomosa.providers.base import BrowserLease
@@ -86,13 +87,14 @@ class PooledProvider:
         try:
             if s.backend == "grid":
                 endpoint = await asyncio.wait_for(
-                    asyncio.to_thread(driver.start_remote, s.grid_url, width, height, extra),
+                    executors.run("browser", driver.start_remote, s.grid_url, width, height,
+                                  extra),
                     s.browser_start_timeout,
                 )
                 return BrowserLease(endpoint)
             local = await asyncio.wait_for(
-                asyncio.to_thread(driver.start_local, s.chromium_path, s.chromedriver_path,
-                                  width, height, extra),
+                executors.run("browser", driver.start_local, s.chromium_path,
+                              s.chromedriver_path, width, height, extra),
                 s.browser_start_timeout,
             )
             return BrowserLease(local.endpoint, local)

@@ -21,18 +21,26 @@ from jiomosa import metrics
 from jiomosa.core.errors import SessionError
 from jiomosa.core.settings import Settings
 from jiomosa.core.tasks import TaskSet
-from jiomosa.core.types import BrowserStartError, SessionState, Viewport
+from jiomosa.core.types import BrowserEndpoint, BrowserStartError, SessionState, Viewport
 from jiomosa.core.urlpolicy import UrlPolicy
 from jiomosa.providers.base import BrowserLease, BrowserProvider
-from jiomosa.sessions.session import SESSION_ID_RE, LocalSession, Notifier, Page, Session
+from jiomosa.sessions.session import (
+    SESSION_ID_RE,
+    SHARE_TOKEN_RE,
+    LocalSession,
+    Notifier,
+    Page,
+    Session,
+    Share,
+)
 
 log = logging.getLogger(__name__)
 
 FAILED_RETENTION = 60.0  # seconds a failed session stays visible before it is forgotten
 TICK = 1.0  # seconds between reaping sweeps (and, in a fleet, lease renewals)
 
-PageAttacher = Callable[[str, UrlPolicy, Viewport], Awaitable[Page]]
-"""Connects to a browser's DevTools URL and takes its page (``BrowserPage.attach``)."""
+PageAttacher = Callable[[BrowserEndpoint, UrlPolicy, Viewport], Awaitable[Page]]
+"""Connects to a browser's DevTools endpoint and takes its page (``attach_page`` in app.py)."""
 
 
 class SessionManager:
@@ -48,6 +56,7 @@ class SessionManager:
         self.sessions: dict[str, LocalSession] = {}
         """Sessions this streamer drives (and failed ones it still shows)."""
         self._closed_notifiers: list[Notifier] = []
+        self._unshared_notifiers: list[Notifier] = []
         self._tasks = TaskSet("sessions")
         self._ticker: asyncio.Task[None] | None = None
 
@@ -71,6 +80,10 @@ class SessionManager:
 
     async def _close_elsewhere(self, session_id: str, reason: str) -> bool:
         return False
+
+    async def _find_share_elsewhere(self, token: str) -> Session | None:
+        """The session another streamer drives whose share link ``token`` is."""
+        return None
 
     async def _tick(self) -> None:
         self._reap()
@@ -101,6 +114,11 @@ class SessionManager:
         """Call ``notifier(session, reason)`` before a session's subscribers are dropped."""
         self._closed_notifiers.append(notifier)
 
+    def on_unshared(self, notifier: Notifier) -> None:
+        """Call ``notifier(session, "share revoked")`` when a share link of ``session`` was
+        revoked: its viewers must stop seeing the session (``session.shares`` is the rest)."""
+        self._unshared_notifiers.append(notifier)
+
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         self._tasks.spawn(_as_coroutine(coro), name)
 
@@ -118,16 +136,55 @@ class SessionManager:
             raise SessionError("Session not found", 404)
         return found
 
-    async def summaries(self) -> list[dict[str, Any]]:
+    async def summaries(self, backend: bool = True) -> list[dict[str, Any]]:
+        """Every session of this streamer (and of the fleet); with ``backend``, also the
+        backend's browsers no streamer serves (kubectl-made BrowserSessions), which only the
+        admin's list shows."""
         seen = {s.id: s.summary() for s in self.sessions.values()}
         for summary in await self._list_elsewhere():
             seen.setdefault(summary["session_id"], summary)
-        try:
-            for summary in await self.provider.listed():  # e.g. BrowserSessions of kubectl
-                seen.setdefault(summary["session_id"], summary)
-        except Exception as exc:
-            log.warning("cannot list the backend's browsers: %s", exc)
+        if backend:
+            try:
+                for summary in await self.provider.listed():
+                    seen.setdefault(summary["session_id"], summary)
+            except Exception as exc:
+                log.warning("cannot list the backend's browsers: %s", exc)
         return list(seen.values())
+
+    async def lookup_share(self, token: Any) -> tuple[Session, Share]:
+        """The session a share link opens, and the share (404 when there is none)."""
+        if isinstance(token, str) and SHARE_TOKEN_RE.match(token):
+            for session in list(self.sessions.values()):
+                share = session.shares.get(token)
+                if share is not None:
+                    return session, share
+            found = await self._find_share_elsewhere(token)
+            if found is not None and token in found.shares:
+                return found, found.shares[token]
+        raise SessionError("Share not found", 404)
+
+    # =============================================================== share links
+    async def share(self, session: Session, allow_input: bool) -> Share:
+        share = await session.share(allow_input)
+        if isinstance(session, LocalSession):
+            await self._saved(session)  # a fleet's streamers check shares in the registry
+        return share
+
+    async def unshare(self, session: Session, key: str) -> Share:
+        share = await session.unshare(key)
+        if share is None:
+            raise SessionError("Share not found", 404)
+        if isinstance(session, LocalSession):
+            await self._saved(session)
+        await self.notify_unshared(session)
+        return share
+
+    async def notify_unshared(self, session: Session) -> None:
+        for notifier in self._unshared_notifiers:
+            try:
+                await notifier(session, "share revoked")
+            except Exception:
+                log.exception("share notifier failed")
 
     def live_count(self) -> int:
         return sum(1 for s in self.sessions.values() if s.state.live)
@@ -191,7 +248,7 @@ class SessionManager:
         for _ in range(2):  # a pooled browser may have died: one retry with a fresh one
             lease = await self.provider.acquire(vp.width, vp.height, vp.device_scale_factor)
             try:
-                page = await self._attach(lease.endpoint.cdp_url, self.policy, vp)
+                page = await self._attach(lease.endpoint, self.policy, vp)
             except Exception as exc:
                 last_error = exc
                 await lease.release()
@@ -213,8 +270,10 @@ class SessionManager:
         await page.start_screencast(self.settings.default_quality)
 
     async def _serve_from_backend(self, session_id: str) -> LocalSession | None:
-        """Serve a browser the backend knows by this name but no streamer serves (a
-        BrowserSession made with kubectl): attach to it as a local session."""
+        """Serve a browser the backend hands out for this id but no streamer serves (a
+        BrowserSession made with kubectl, reached with its viewer token, never by its name):
+        attach to it as a local session. The provider answers an id it cannot know with
+        None, at no cost (``KubernetesProvider.find``)."""
         try:
             found = await self.provider.find(session_id)
         except Exception as exc:
@@ -231,14 +290,16 @@ class SessionManager:
         try:
             session = await self._reserve(session_id, viewport)
         except SessionError as exc:
+            await lease.release()  # a backend browser's lease only detaches (never quits)
             if exc.status == 400:
                 return None  # another streamer took it meanwhile
             raise
         try:
-            page = await self._attach(lease.endpoint.cdp_url, self.policy, viewport)
+            page = await self._attach(lease.endpoint, self.policy, viewport)
         except BaseException as exc:
             self._drop(session)
             await self._forgotten(session_id)
+            await lease.release()
             if isinstance(exc, Exception):
                 session.log.warning("cannot attach to the backend's browser: %s", exc)
                 raise SessionError("the browser could not be attached", 503) from None

@@ -10,10 +10,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jiomosa import metrics
@@ -27,6 +30,43 @@ from jiomosa.providers.base import BrowserLease
 log = logging.getLogger(__name__)
 
 SESSION_ID_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.:-]{1,128}$")
+SHARE_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+MAX_SHARES = 16  # live share links per session
+
+
+@dataclass(frozen=True)
+class Share:
+    """A link to watch a session without knowing its id (docs/protocol.md, *Sharing*).
+
+    ``token`` (192 random bits) is the viewer's capability, separate from the session id (the
+    owner's): a viewer can be cut off without the owner losing anything. ``input``: the owner
+    let the viewer drive the page too; otherwise the view is read-only.
+    """
+
+    token: str
+    input: bool = False
+    created_at: float = 0.0
+
+    @property
+    def id(self) -> str:
+        """What a viewer is shown wherever an owner is shown the session id: it names the
+        share (a digest of its token), grants nothing, and reveals neither capability."""
+        return "share-" + hashlib.sha256(self.token.encode()).hexdigest()[:16]
+
+    @classmethod
+    def new(cls, allow_input: bool) -> Share:
+        return cls(secrets.token_urlsafe(24), allow_input, time.time())
+
+    def view(self) -> dict[str, Any]:
+        """The share as its owner lists it (without the token)."""
+        return {"share_id": self.id, "input": self.input, "created_at": self.created_at}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "created_at": self.created_at}
+
+    @classmethod
+    def from_dict(cls, token: str, data: dict[str, Any]) -> Share:
+        return cls(token, bool(data.get("input")), float(data.get("created_at") or 0.0))
 
 
 class Page(InputTarget, Protocol):
@@ -104,6 +144,11 @@ class Session(abc.ABC):
     def watched_hub(self) -> FrameHub | None:
         """The hub if local clients already use one (never creates one)."""
 
+    @property
+    @abc.abstractmethod
+    def shares(self) -> dict[str, Share]:
+        """The live share links, by token."""
+
     # --------------------------------------------------------------- what it does
     @abc.abstractmethod
     def touch(self) -> None:
@@ -116,8 +161,17 @@ class Session(abc.ABC):
     async def load(self, url: str, timeout: float | None = None) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    async def input(self, kind: str, payload: Any) -> dict[str, Any]:
-        """Check and dispatch one input; the ack comes after Chrome confirmed it."""
+    async def input(self, kind: str, payload: Any, via: str | None = None) -> dict[str, Any]:
+        """Check and dispatch one input; the ack comes after Chrome confirmed it. ``via``: the
+        token of the share the input came through (None: from the owner)."""
+
+    @abc.abstractmethod
+    async def share(self, allow_input: bool) -> Share:
+        """A new share link."""
+
+    @abc.abstractmethod
+    async def unshare(self, key: str) -> Share | None:
+        """Revoke the share whose token or share id is ``key``; None if there is none."""
 
     @abc.abstractmethod
     async def set_source_quality(self, quality: int) -> None: ...
@@ -135,6 +189,30 @@ class Session(abc.ABC):
 
     def page_info_view(self) -> dict[str, Any]:
         return page_info_view(self.id, self.page_info, self.viewport_dict)
+
+    def input_grant(self, via: str | None) -> str:
+        """The id an input's answer names: the session's for its owner, the share's for a
+        viewer whose live share grants input. The one check of a viewer's input, made where
+        the session is driven (a relayed input carries its share token to the owner)."""
+        if via is None:
+            return self.id
+        share = self.shares.get(via)
+        if share is None:
+            raise SessionError("Share not found (it was revoked or the session ended)", 404)
+        if not share.input:
+            raise SessionError("this shared view is read-only: its owner did not allow input",
+                               403)
+        return share.id
+
+    def shared_view(self, share: Share) -> dict[str, Any]:
+        """What a share's viewer may know of the session: never its id, and of its page the
+        title and origin only (a URL's path and query may carry the owner's secrets)."""
+        url = str(self.page_info.get("url", ""))
+        origin = re.match(r"^[a-z][a-z0-9+.-]*://[^/?#]*", url, re.IGNORECASE)
+        page = {**self.page_info, "url": origin.group(0) + "/" if origin else ""}
+        return {"share_id": share.id, "input": share.input, "status": str(self.state),
+                "page_info": page_info_view(share.id, page, self.viewport_dict),
+                "viewport": self.viewport_dict}
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -187,6 +265,7 @@ class LocalSession(Session):
         self.log = logging.LoggerAdapter(log, {"session_id": session_id})
         self._source_quality = settings.default_quality
         self._input_lock = asyncio.Lock()
+        self._shares: dict[str, Share] = {}
 
     # --------------------------------------------------------------- state
     @property
@@ -240,6 +319,14 @@ class LocalSession(Session):
     def watched_hub(self) -> FrameHub:
         return self._hub
 
+    @property
+    def shares(self) -> dict[str, Share]:
+        return self._shares
+
+    def restore_shares(self, shares: dict[str, Share]) -> None:
+        """Keep the share links of a session taken over from another streamer."""
+        self._shares = dict(shares)
+
     # --------------------------------------------------------------- the page
     def bind(self, page: Page, on_gone: Callable[[str], None]) -> None:
         """Take ``page`` as this session's browser page: its frames go to the hub."""
@@ -271,7 +358,8 @@ class LocalSession(Session):
         self.touch()
         return self.page_info_view()
 
-    async def input(self, kind: str, payload: Any) -> dict[str, Any]:
+    async def input(self, kind: str, payload: Any, via: str | None = None) -> dict[str, Any]:
+        shown = self.input_grant(via)
         command = parse_input(kind, payload, self.settings)
         page = self.require_page()
         self.touch()
@@ -280,8 +368,23 @@ class LocalSession(Session):
             await command.run(page)
         elapsed = time.perf_counter() - started
         metrics.INPUT_LATENCY.labels(kind).observe(elapsed)
-        return {"type": kind, "session_id": self.id, **command.ack,
+        return {"type": kind, "session_id": shown, **command.ack,
                 "latency_ms": round(elapsed * 1000, 2)}
+
+    async def share(self, allow_input: bool) -> Share:
+        self.ensure_ready()
+        if len(self._shares) >= MAX_SHARES:
+            raise SessionError(f"a session has at most {MAX_SHARES} share links; revoke one "
+                               "first", 409)
+        share = Share.new(allow_input)
+        self._shares[share.token] = share
+        return share
+
+    async def unshare(self, key: str) -> Share | None:
+        for token, share in list(self._shares.items()):
+            if key in (token, share.id):
+                return self._shares.pop(token)
+        return None
 
     async def set_source_quality(self, quality: int) -> None:
         """Chrome encodes at the best quality any client asked for; others get re-encodes."""

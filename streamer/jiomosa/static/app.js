@@ -2,6 +2,10 @@
  * Jiomosa web app: the launcher (site tiles from static/sites.json, a URL box) and the viewer
  * (the remote page on a canvas, fed by Socket.IO; taps, swipes, wheel, keys and text go back).
  *
+ * A session's id is its owner's key: it stays in this device's storage, never in the address
+ * bar. Someone else's session is only ever shown through a share link (#share=<token>), marked
+ * as such and read-only unless its owner granted input (docs/clients.md, *Sharing*).
+ *
  * Plain ES5 and XMLHttpRequest on purpose: KaiOS 2.x runs Gecko 48 and old Android WebViews
  * predate fetch and arrow functions. The Socket.IO client is vendored (static/vendor/).
  * docs/clients.md describes the app; docs/protocol.md the events it uses.
@@ -33,11 +37,12 @@
     }
   })();
 
-  function request(method, path, body, cb, timeoutMs) {
+  function request(method, path, body, cb, timeoutMs, token) {
     var xhr = new XMLHttpRequest();
     xhr.open(method, BASE + path, true);
     xhr.timeout = timeoutMs || 30000;
     if (body !== undefined) xhr.setRequestHeader('Content-Type', 'application/json');
+    if (token) xhr.setRequestHeader('X-Share-Token', token);
     xhr.onload = function () {
       var data = null;
       try { data = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
@@ -60,6 +65,7 @@
     url: store.getItem('jiomosa.url') || '',
     search: 'https://duckduckgo.com/html/?q=%s'
   };
+  var myShare = null;  // {sid, token}: the share link this device made for its own session
   var prefs = {
     quality: store.getItem('jiomosa.quality') || 'auto',
     fps: store.getItem('jiomosa.fps') || '60',
@@ -87,20 +93,37 @@
   }
   function forget() {
     state.sid = null;
+    myShare = null;
     store.removeItem('jiomosa.sid');
   }
 
-  // ------------------------------------------------------------------ routing (#view=<id>)
-  function viewHash(sid) { return '#view=' + encodeURIComponent(sid); }
+  // ------------------------------------------------------------------ routing
+  // #view: this device's own session. #share=<token>: a share link. #view=<id> (older links):
+  // only this device's own id opens; adopting any other would send what the visitor types to
+  // whoever made the link (session fixation), so it is refused, visibly.
+  var VIEW = '#view';
+  var NOT_YOURS = 'That link points to a session that is not yours, so it was not opened: ' +
+    'anything you typed there would go to whoever sent it. To show you a page, its owner ' +
+    'can send you a share link.';
+  var shared = null;  // {token, id, input} while showing someone's share link
+  function setHash(hash) {  // without a history entry and without a hashchange
+    try { history.replaceState(null, '', location.pathname + location.search + hash); }
+    catch (e) { location.hash = hash; }
+  }
   function route() {
-    var m = /^#view=(.+)$/.exec(location.hash);
+    var h = location.hash, m = /^#share=([A-Za-z0-9_-]{32,128})$/.exec(h), sid;
+    shared = m ? {token: m[1], id: null, input: false} : null;
+    if (shared) return viewer.start();
+    m = /^#view=(.+)$/.exec(h);
     if (m) {
-      var sid = decodeURIComponent(m[1]);
-      if (sid !== state.sid) remember(sid, '');
-      viewer.start();
-    } else {
-      showLauncher();
+      try { sid = decodeURIComponent(m[1]); } catch (e) { sid = null; }
+      setHash(sid && sid === state.sid ? VIEW : '');
+      if (sid && sid === state.sid) return viewer.start();
+      return showLauncher(NOT_YOURS, true);
     }
+    if (h === VIEW && state.sid) return viewer.start();
+    if (h) setHash('');
+    showLauncher();
   }
   function go(hash) {
     if (location.hash === hash || (hash === '' && !location.hash)) route();
@@ -108,14 +131,17 @@
   }
 
   // ------------------------------------------------------------------ launcher
-  function setMsg(text) { $('launcher-msg').textContent = text || ''; }
+  function setMsg(text, warn) {
+    $('launcher-msg').textContent = text || '';
+    $('launcher-msg').className = warn ? 'msg warn' : 'msg';
+  }
   var busy = false;
 
-  function showLauncher(msg) {
+  function showLauncher(msg, warn) {
     viewer.stop();
     $('viewer').hidden = true;
     $('launcher').hidden = false;
-    if (msg !== undefined) setMsg(msg);
+    if (msg !== undefined) setMsg(msg, warn);
     refreshResume();
     if (isKaiOS) $('url').focus();
   }
@@ -207,7 +233,7 @@
           remember(data.session_id, key);
           rememberPage(data.page_info);
           done('');
-          go(viewHash(data.session_id));
+          go(VIEW);
         } else {
           done('Could not open the page: ' + errorText(status, data));
         }
@@ -219,7 +245,7 @@
         if (status === 200) {
           rememberPage(data && data.page_info);
           done('');
-          go(viewHash(state.sid));
+          go(VIEW);
         } else if (status === 404 || status === 409 || status === 410) {
           forget();
           create();
@@ -294,11 +320,13 @@
       stop();
       ended = false;
       running = true;
-      t.sid = state.sid;
+      t.sid = shared ? null : state.sid;
+      t.share = null;
       $('launcher').hidden = true;
       $('viewer').hidden = false;
       $('ended').hidden = true;
-      $('nav-url').value = state.url || '';
+      $('nav-url').value = shared ? '' : state.url || '';
+      sharedMode();
       syncControls();
       banner('Connecting\u2026');
       layout();
@@ -312,7 +340,7 @@
         transports: ['websocket', 'polling'],
         tryAllTransports: true,
         // session_id lets the ingress send every client of a session to one streamer.
-        query: {encoding: 'binary', session_id: state.sid},
+        query: shared ? {encoding: 'binary'} : {encoding: 'binary', session_id: state.sid},
         reconnectionDelay: 500,
         reconnectionDelayMax: 3000,
         timeout: 8000
@@ -335,7 +363,14 @@
       socket.on('connect_error', function () {
         if (!ended) banner('Offline, retrying\u2026');
       });
-      socket.on('subscribe:response', function (r) { t.quality = r.quality; });
+      socket.on('subscribe:response', function (r) {
+        t.quality = r.quality;
+        if (shared && r.share) {
+          shared.id = t.share = r.share.share_id;
+          shared.input = r.share.input === true;
+          sharedMode();
+        }
+      });
       socket.on('subscribed', function () {
         t.subscribed = true;
         banner('');
@@ -353,7 +388,8 @@
         var event = String(e.event || '');
         if (event.indexOf('input:') === 0) inflight.shift();
         if (event === 'subscribe' && /not found|failed|not ready/i.test(e.message || '')) {
-          sessionEnded('This session has ended (' + e.message + ').');
+          sessionEnded(shared ? 'This share link no longer works: its owner stopped sharing ' +
+            'or the session ended.' : 'This session has ended (' + e.message + ').');
         } else if (e.message) {
           flash(e.message);
         }
@@ -363,6 +399,10 @@
           t.subscribed = false;
           banner('Reconnecting\u2026');
           setTimeout(subscribe, 300);
+          return;
+        }
+        if (shared && d && d.reason === 'share revoked') {
+          sessionEnded('The owner stopped sharing this session.');
           return;
         }
         sessionEnded('Session closed: ' + ((d && d.reason) || 'ended') + '.');
@@ -388,8 +428,8 @@
     }
 
     function subscribe() {
-      if (!socket || !state.sid) return;
-      var payload = {session_id: state.sid};
+      if (!socket || !(shared || state.sid)) return;
+      var payload = shared ? {share: shared.token} : {session_id: state.sid};
       if (prefs.quality !== 'auto') payload.quality = +prefs.quality;
       if (+prefs.fps !== 60) payload.fps = +prefs.fps;
       socket.emit('subscribe', payload);
@@ -397,7 +437,8 @@
 
     function sessionEnded(message) {
       ended = true;
-      forget();
+      if (!shared) forget();  // a share link's end is not the end of this device's session
+      $('restart').hidden = !!shared;
       if (socket) { socket.off(); socket.disconnect(); socket = null; }
       banner('');
       $('ended-msg').textContent = message;
@@ -413,19 +454,37 @@
     }
 
     function refreshInfo() {
-      var sid = state.sid;
-      if (!sid || ended) return;
-      request('GET', sessionPath(sid, 'info'), undefined, function (status, data) {
-        if (status !== 200 || !data || sid !== state.sid) return;
-        rememberPage(data.page_info);
+      var sid = state.sid, view = shared;
+      if (ended || !(view || sid)) return;
+      function got(status, data) {
+        if (status !== 200 || !data || view !== shared || (!view && sid !== state.sid)) return;
         if (data.viewport && data.viewport.width) vpWidth = data.viewport.width;
+        var page = data.page_info || {};
+        if (view) { $('nav-url').value = page.title || page.url || ''; return; }
+        rememberPage(page);
         if (document.activeElement !== $('nav-url')) $('nav-url').value = state.url;
-      }, 10000);
+      }
+      if (view) request('GET', 'api/share/info', undefined, got, 10000, view.token);
+      else request('GET', sessionPath(sid, 'info'), undefined, got, 10000);
+    }
+
+    // A share link's view: marked as such; without the owner's grant, nothing is sent.
+    function sharedMode() {
+      var bar = $('shared-bar'), input = !!(shared && shared.input);
+      bar.hidden = !shared;
+      bar.textContent = !shared ? '' : input ? 'Viewing a shared session \u2014 you can control it'
+        : 'Viewing a shared session \u2014 read only';
+      $('nav-url').readOnly = !!shared;
+      $('kbd-btn').hidden = !!shared && !input;
+      if (shared && !input) $('kbd').hidden = true;
+      $('owner-tools').hidden = !!shared;
+      $('share-box').hidden = true;
+      layout();
     }
 
     // -------------------------------------------------------------- frames
     function onFrame(f) {
-      if (!f || f.session_id !== state.sid || !f.image) return;
+      if (!f || f.session_id !== (shared ? shared.id : state.sid) || !f.image) return;
       var img = f.image;
       t.frames++;
       t.bytes += typeof img === 'string' ? img.length : (img.byteLength || img.size || 0);
@@ -506,7 +565,7 @@
 
     // -------------------------------------------------------------- input
     function send(event, data) {
-      if (!socket || !t.subscribed) return false;
+      if (!socket || !t.subscribed || (shared && !shared.input)) return false;
       inflight.push(now());
       if (inflight.length > 64) inflight.shift();
       socket.emit(event, data);
@@ -613,7 +672,7 @@
     // pushing it past an edge scrolls the page.
     function placeCursor() {
       var el = $('cursor');
-      el.hidden = !prefs.cursor || !frameW;
+      el.hidden = !prefs.cursor || !frameW || !!(shared && !shared.input);
       if (el.hidden) return;
       var k = parseFloat(canvas.style.width) / frameW;
       el.style.left = (parseFloat(canvas.style.left) + cursor.x * k) + 'px';
@@ -621,6 +680,7 @@
     }
     function cursorKey(e) {
       var dir = ARROWS[e.key];
+      if (shared && !shared.input) return false;
       if (dir && frameW) {
         var step = Math.max(6, Math.round(frameW / 20)) * (e.repeat ? 2 : 1);
         var nx = cursor.x + dir[0] * step, ny = cursor.y + dir[1] * step;
@@ -682,7 +742,7 @@
 
     function pause(paused) {  // page hidden (app in background): stop the stream, keep the session
       if (!socket || !socket.connected || ended) return;
-      if (paused) { socket.emit('unsubscribe', {session_id: state.sid}); t.subscribed = false; }
+      if (paused) { socket.emit('unsubscribe', {}); t.subscribed = false; }
       else subscribe();
     }
 
@@ -703,7 +763,7 @@
     e.preventDefault();
     openUrl($('url').value);
   };
-  $('resume-btn').onclick = function () { if (state.sid) go(viewHash(state.sid)); };
+  $('resume-btn').onclick = function () { if (state.sid) go(VIEW); };
   $('opt-desktop').checked = prefs.desktop;
   $('opt-sharp').checked = prefs.sharp;
   $('opt-desktop').onchange = function () { savePref('desktop', this.checked); };
@@ -713,7 +773,7 @@
   $('nav-form').onsubmit = function (e) {
     e.preventDefault();
     var url = normalizeUrl($('nav-url').value), sid = state.sid;
-    if (!url || !sid) return;
+    if (!url || !sid || shared) return;
     $('nav-url').blur();
     request('POST', sessionPath(sid, 'load'), {url: url}, function (status, data) {
       if (status === 200) rememberPage(data && data.page_info);
@@ -745,6 +805,51 @@
     go('');
   };
   $('restart').onclick = function () { go(''); openUrl(state.url); };
+
+  // Sharing: a link with its own token lets someone watch this session without its id;
+  // read-only unless "Let them control" is ticked. Stop revokes it (its viewers are cut off).
+  $('share-btn').onclick = function () {
+    var sid = state.sid;
+    if (!sid || shared) return;
+    if (myShare && myShare.sid === sid) {
+      $('share-box').hidden = false;
+      viewer.layout();
+      return;
+    }
+    request('POST', sessionPath(sid, 'share'), {input: $('share-input').checked},
+      function (status, data) {
+        if (status !== 201 || !data || !data.share_token) {
+          $('banner').textContent = 'Could not share: ' + errorText(status, data);
+          $('banner').hidden = false;
+          return;
+        }
+        myShare = {sid: sid, token: data.share_token};
+        $('share-url').value = location.href.split('#')[0] + '#share=' + data.share_token;
+        $('share-box').hidden = false;
+        viewer.layout();
+        $('share-url').focus();
+        $('share-url').select();
+      }, 15000);
+  };
+  $('share-copy').onclick = function () {
+    var text = $('share-url').value;
+    $('share-url').select();
+    try { document.execCommand('copy'); } catch (e) { /* selected: the user can copy it */ }
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(text).then(null, function () {});
+    }
+  };
+  $('share-stop').onclick = function () {
+    var s = myShare;
+    myShare = null;
+    $('share-box').hidden = true;
+    $('share-url').value = '';
+    viewer.layout();
+    if (s) {
+      request('DELETE', sessionPath(s.sid, 'share/' + encodeURIComponent(s.token)), undefined,
+        function () {});
+    }
+  };
   $('ended-home').onclick = function () { go(''); };
 
   document.addEventListener('keydown', function (e) {

@@ -5,6 +5,10 @@ A transport wraps each connection in a ``ClientChannel`` and hands every incomin
 between transports stays in the channel: how a message is sent, which session a ``subscribe``
 names (Socket.IO: any; plain WebSocket: the one in its path) and where input goes without a
 subscription. Errors become one ``error`` event through ``jiomosa.core.errors``.
+
+A channel that watches through a share link (``grant``) is a viewer: every message it gets
+names the share (``shown_id``), never the session id, and its input goes to the session with
+the share's token, which the session checks (``Session.input_grant``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from jiomosa.core.errors import SessionError, status_of
 from jiomosa.core.settings import Settings
 from jiomosa.core.types import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY
 from jiomosa.frames.pacer import Subscriber, Transport
-from jiomosa.sessions.session import Session
+from jiomosa.sessions.session import Session, Share
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ class ClientChannel(Protocol):
     """Fields this transport adds to ``subscribe:response``."""
     sub: Subscriber | None
     subscribed_to: Session | None
+    grant: Share | None
+    """The share link the channel watches through; None: it named the session by its id."""
 
     @property
     def transport(self) -> Transport: ...
@@ -48,8 +54,8 @@ class ClientChannel(Protocol):
         """Send one event; ``reply``: it answers the event being handled (not a notice)."""
         ...
 
-    async def target(self, payload: dict[str, Any]) -> Session:
-        """The session a ``subscribe`` payload names."""
+    async def target(self, payload: dict[str, Any]) -> tuple[Session, Share | None]:
+        """The session a ``subscribe`` payload names, and the share link it names it by."""
         ...
 
     async def input_session(self) -> Session:
@@ -78,11 +84,19 @@ def stream_options(payload: dict[str, Any], settings: Settings,
     return StreamOptions(fps, quality, str(encoding))
 
 
+def shown_id(ch: ClientChannel, session_id: str) -> str:
+    """The id the channel is told for its session: a share link's viewer gets the share's."""
+    return ch.grant.id if ch.grant is not None else session_id
+
+
 # ------------------------------------------------------------------- subscriptions
-async def subscribe(ch: ClientChannel, session: Session, options: StreamOptions) -> None:
-    """Replace the channel's subscription with one to ``session``; the current picture goes
-    out right after the answers."""
+async def subscribe(ch: ClientChannel, session: Session, options: StreamOptions,
+                    grant: Share | None = None) -> None:
+    """Replace the channel's subscription with one to ``session`` (through the share link
+    ``grant``, if given); the current picture goes out right after the answers."""
     session.ensure_ready()
+    if grant is not None and grant.token not in session.shares:
+        raise SessionError("Share not found", 404)  # revoked since the channel opened
     await unsubscribe(ch)
     start = ch.settings.default_quality if options.quality is None else options.quality
 
@@ -95,16 +109,19 @@ async def subscribe(ch: ClientChannel, session: Session, options: StreamOptions)
                      min(start, session.hub.source_quality), options.quality is None,
                      options.encoding, quality_changed)
     # Known to the channel before the answers go out: a close meanwhile reaches the client.
-    ch.sub, ch.subscribed_to = sub, session
+    ch.sub, ch.subscribed_to, ch.grant = sub, session, grant
+    shown = shown_id(ch, session.id)
     if options.quality is not None:
         sub.set_quality(options.quality)
         await session.set_source_quality(_best_manual_quality(session, ch.settings, sub))
     session.touch()
+    shared = {"share": {"share_id": grant.id, "input": grant.input}} if grant else {}
     await ch.send("subscribe:response", {
-        "session_id": session.id, "fps": sub.fps, "quality": sub.quality,
-        "adaptive_mode": sub.adaptive, "encoding": sub.encoding, **ch.subscribe_extra})
-    await ch.send("subscribed", {"session_id": session.id,
-                                 "message": f"Subscribed to session {session.id}"})
+        "session_id": shown, "fps": sub.fps, "quality": sub.quality,
+        "adaptive_mode": sub.adaptive, "encoding": sub.encoding, **shared,
+        **ch.subscribe_extra})
+    await ch.send("subscribed", {"session_id": shown,
+                                 "message": f"Subscribed to session {shown}"})
     if ch.sub is sub and not session.hub.closed:
         session.hub.add(sub)  # the current picture goes out now, after the answers
 
@@ -136,8 +153,15 @@ async def session_closed(ch: ClientChannel, session: Session, reason: str) -> bo
     sub, ch.sub = ch.sub, None
     if sub is not None:
         await sub.stop()
-    await ch.send("session:closed", {"session_id": session.id, "reason": reason}, reply=False)
+    await ch.send("session:closed", {"session_id": shown_id(ch, session.id), "reason": reason},
+                  reply=False)
     return True
+
+
+def revoked(ch: ClientChannel, session: Session) -> bool:
+    """The channel watches ``session`` through a share link that is no longer live."""
+    return (ch.grant is not None and ch.subscribed_to is not None
+            and ch.subscribed_to.id == session.id and ch.grant.token not in session.shares)
 
 
 def subscription(ch: ClientChannel) -> tuple[Subscriber, Session]:
@@ -168,8 +192,9 @@ def _echo(data: Any) -> Any:
 # ------------------------------------------------------------------- the handlers
 async def _subscribe(ch: ClientChannel, data: Any) -> None:
     payload = v.as_object(data)
-    session = await ch.target(payload)
-    await subscribe(ch, session, stream_options(payload, ch.settings, ch.default_encoding))
+    session, grant = await ch.target(payload)
+    await subscribe(ch, session, stream_options(payload, ch.settings, ch.default_encoding),
+                    grant)
 
 
 async def _unsubscribe(ch: ClientChannel, _data: Any) -> None:
@@ -180,7 +205,8 @@ async def _unsubscribe(ch: ClientChannel, _data: Any) -> None:
 def _input(kind: str) -> Handler:
     async def handle(ch: ClientChannel, data: Any) -> None:
         session = await ch.input_session()
-        await ch.send("input:acknowledged", await session.input(kind, data))
+        via = ch.grant.token if ch.grant is not None else None
+        await ch.send("input:acknowledged", await session.input(kind, data, via=via))
     handle.__name__ = f"input_{kind}"
     return handle
 

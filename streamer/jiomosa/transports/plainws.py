@@ -32,12 +32,14 @@ from jiomosa.core.types import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY
 from jiomosa.frames.hub import Frame
 from jiomosa.frames.pacer import Subscriber
 from jiomosa.sessions.manager import SessionManager
-from jiomosa.sessions.session import Session
+from jiomosa.sessions.session import Session, Share
 from jiomosa.transports import events
 
 log = logging.getLogger(__name__)
 
 PATH = "/api/session/{session_id}/stream"
+SHARED_PATH = "/api/share/stream"
+"""A share link's stream: ``?share=TOKEN`` (docs/protocol.md, *Sharing*)."""
 
 # Binary frame message, all fields big-endian:
 #   0  3  magic "JMF"
@@ -58,6 +60,11 @@ assert FRAME_HEADER.size == 24
 HEARTBEAT = 20.0  # seconds between WebSocket pings; no pong within half of it ends the socket
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the client's close frame
 NOTIFY_TIMEOUT = 2.0  # seconds a session:closed notice may take to a client that reads nothing
+# Seconds a message may wait to be handed to a client's socket. Each message is handled in
+# turn and its answer waits for the socket to drain, so a client that does not read is not
+# read either (the streamer holds at most aiohttp's write buffer for it); past this wait it
+# is cut off, since neither a close handshake nor the heartbeat can reach it.
+SEND_STALL = 30.0
 NOT_SENT_LOW_WATER = 32 * 1024  # bytes of unsent data the kernel may hold per socket
 MAX_ID_CHARS = 64
 
@@ -111,6 +118,14 @@ class WebSocketTransport:
         if self._sending is not None:
             self._sending.cancel()
 
+    def abort(self, unsent_only: bool = False) -> None:
+        """Drop the connection at once, with whatever it has not sent (``unsent_only``: only
+        if something is left: a closed socket whose client never read it)."""
+        transport = self._transport
+        if transport is not None and not (unsent_only
+                                          and transport.get_write_buffer_size() == 0):
+            transport.abort()
+
 
 def _ignore_result(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
@@ -121,7 +136,7 @@ class PlainClient:
     """One plain-WebSocket connection (``events.ClientChannel``), bound to one session."""
 
     def __init__(self, server: PlainStreams, ws: web.WebSocketResponse, session: Session,
-                 transport: asyncio.Transport | None) -> None:
+                 transport: asyncio.Transport | None, grant: Share | None = None) -> None:
         self.id = "ws-" + secrets.token_hex(8)
         self.settings = server.settings
         self.ws = ws
@@ -132,6 +147,7 @@ class PlainClient:
             "magic": FRAME_MAGIC.decode(), "version": FRAME_VERSION, "size": FRAME_HEADER.size}}
         self.sub: Subscriber | None = None
         self.subscribed_to: Session | None = None
+        self.grant = grant
         self._reply_id: Any = None
 
     @property
@@ -145,16 +161,25 @@ class PlainClient:
         if self.ws.closed:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.send_str(json.dumps(envelope, separators=(",", ":")))
+            try:
+                await asyncio.wait_for(
+                    self.ws.send_str(json.dumps(envelope, separators=(",", ":"))), SEND_STALL)
+            except TimeoutError:
+                log.info("plain websocket client %s took nothing for %.0fs; cut off",
+                         self.id, SEND_STALL)
+                self._transport.abort()
 
-    async def target(self, payload: dict[str, Any]) -> Session:
+    async def target(self, payload: dict[str, Any]) -> tuple[Session, Share | None]:
+        # A share link's connection keeps its share: the id it is shown is the share's.
         wanted = v.string(payload, "session_id", 128, required=False)
-        if wanted is not None and wanted != self.session.id:
-            raise v.BadRequest("this connection streams the session in its path; open "
-                               f"{PATH.replace('{session_id}', '<id>')} for another one")
+        share = v.string(payload, "share", 128, required=False)
+        if (wanted is not None and wanted != events.shown_id(self, self.session.id)) or (
+                share is not None and (self.grant is None or share != self.grant.token)):
+            raise v.BadRequest("this connection streams the session it was opened for; open "
+                               "another stream for another one")
         if payload.get("encoding", "binary") != "binary":
             raise v.BadRequest("the plain WebSocket sends binary JPEG frames only")
-        return self.session
+        return self.session, self.grant
 
     async def input_session(self) -> Session:
         # The connection is bound to its session: input works with or without frames.
@@ -166,6 +191,9 @@ class PlainClient:
             message = json.loads(text)
         except ValueError:
             await self.send("error", {"message": "message is not valid JSON"})
+            return
+        except RecursionError:  # json's C parser recurses once per nesting level
+            await self.send("error", {"message": "message is nested too deeply"})
             return
         if not isinstance(message, dict) or not isinstance(message.get("event"), str):
             await self.send("error", {
@@ -196,10 +224,21 @@ class PlainStreams:
         self.clients: dict[str, PlainClient] = {}
         self._closing = TaskSet("plain-websocket")
         manager.on_closed(self._session_closed)
+        manager.on_unshared(self._unshared)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        # Everything that can be refused is refused before the upgrade, as a JSON HTTP error.
         session = await self.manager.lookup(request.match_info["session_id"])
+        return await self._serve(request, session, None)
+
+    async def handle_shared(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/share/stream?share=TOKEN``: a share link's viewer (read-only unless the
+        share grants input)."""
+        session, grant = await self.manager.lookup_share(request.query.get("share"))
+        return await self._serve(request, session, grant)
+
+    async def _serve(self, request: web.Request, session: Session, grant: Share | None
+                     ) -> web.StreamResponse:
+        # Everything that can be refused is refused before the upgrade, as a JSON HTTP error.
         session.ensure_ready()
         options = events.StreamOptions(
             _query_int(request, "fps", MIN_FPS, MAX_FPS) or self.settings.default_fps,
@@ -208,15 +247,15 @@ class PlainStreams:
                                    heartbeat=HEARTBEAT, compress=False, timeout=CLOSE_TIMEOUT)
         if not ws.can_prepare(request).ok:
             raise ClientError("this path is a WebSocket: send an Upgrade request", 426,
-                              session_id=session.id)
+                              session_id=grant.id if grant else session.id)
         await ws.prepare(request)
         _limit_unsent(request.transport)
-        client = PlainClient(self, ws, session, request.transport)
+        client = PlainClient(self, ws, session, request.transport, grant)
         self.clients[client.id] = client
         try:
             await client.send("status", {"message": "Connected to Jiomosa",
                                          "type": "connection", "sid": client.id})
-            await events.subscribe(client, session, options)
+            await events.subscribe(client, session, options, grant)
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
                     await client.on_text(message.data)
@@ -240,10 +279,15 @@ class PlainStreams:
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()
+            client.transport.abort(unsent_only=True)
         return ws
 
     async def _session_closed(self, session: Session, reason: str) -> None:
         clients = [c for c in self.clients.values() if c.session.id == session.id]
+        await asyncio.gather(*(self._notify_closed(c, session, reason) for c in clients))
+
+    async def _unshared(self, session: Session, reason: str) -> None:
+        clients = [c for c in self.clients.values() if events.revoked(c, session)]
         await asyncio.gather(*(self._notify_closed(c, session, reason) for c in clients))
 
     async def _notify_closed(self, client: PlainClient, session: Session, reason: str) -> None:
@@ -252,7 +296,8 @@ class PlainStreams:
             await sub.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.send("session:closed", {
-                "session_id": session.id, "reason": reason}, reply=False), NOTIFY_TIMEOUT)
+                "session_id": events.shown_id(client, session.id), "reason": reason},
+                reply=False), NOTIFY_TIMEOUT)
         # The close handshake waits for the client's answer: not on the session's close path.
         code = 1001 if "shutdown" in reason else 1000
         self._closing.spawn(client.ws.close(code=code, message=b"session closed"),

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +18,7 @@ from jiomosa.core import validation as v
 from jiomosa.core.errors import SessionError, client_error, status_of
 from jiomosa.core.inputs import INPUT_TYPES
 from jiomosa.core.types import MAX_QUALITY, MIN_QUALITY
-from jiomosa.sessions.session import Session
+from jiomosa.sessions.session import Session, Share
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -68,6 +67,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise v.BadRequest("body is not valid JSON") from None
+    except RecursionError:  # json's C parser recurses once per nesting level
+        raise v.BadRequest("body is nested too deeply") from None
     return v.as_object(data, "body")
 
 
@@ -117,6 +118,8 @@ async def info(request: web.Request) -> web.Response:
             "input": "POST /api/session/{id}/input/{click|scroll|key|text}",
             "frame": "GET /api/session/{id}/frame",
             "stream": "GET /api/session/{id}/stream (plain WebSocket)",
+            "share": "POST /api/session/{id}/share, DELETE /api/session/{id}/share/{token}",
+            "shared_view": "GET /api/share/{info|frame|stream} with X-Share-Token or ?share=",
             "web_app": "GET /",
             "metrics": "GET /metrics",
             "openapi": "GET /api/openapi.json",
@@ -211,23 +214,26 @@ async def close(request: web.Request) -> web.Response:
 @routes.get("/api/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
     """The original's session list. A session id is the key to a browser, so only a request
-    with the admin token sees whole ids and pages; everyone else gets them redacted."""
-    sessions = await request.app[MANAGER].summaries()
-    live = sum(1 for s in sessions if s["status"] in ("starting", "ready"))
+    with the admin token sees ids, pages and times, and the backend's own browsers (which
+    cost an API call on some backends); everyone else gets the original's shape with nothing
+    in it but each session's state: no id character, no page, no time."""
     admin = is_admin(request)
+    sessions = await request.app[MANAGER].summaries(backend=admin)
+    live = sum(1 for s in sessions if s["status"] in ("starting", "ready"))
     if not admin:
-        for entry in sessions:
-            entry["session_id"] = entry["session_id"][:4] + "…"
-            page = urlsplit(str(entry.get("current_page", "")))
-            entry["current_page"] = f"{page.scheme}://{page.netloc}/" if page.netloc else ""
+        sessions = [{"session_id": "", "created_at": 0, "last_activity": 0,
+                     "current_page": "", "status": s["status"]} for s in sessions]
     return web.json_response({"active_sessions": live, "sessions": sessions,
                               "redacted": not admin})
 
 
 def is_admin(request: web.Request) -> bool:
     token = request.app[SETTINGS].admin_token
-    offered = request.headers.get("Authorization", "")
-    return bool(token) and hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
+    # aiohttp (like os.environ) decodes bytes that are not UTF-8 as surrogates: encode them
+    # back the same way, so that any header compares as the bytes the client sent.
+    offered = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    wanted = f"Bearer {token}".encode("utf-8", "surrogateescape")
+    return bool(token) and hmac.compare_digest(offered, wanted)
 
 
 @routes.post("/api/session/{session_id}/input/{kind}")
@@ -246,6 +252,12 @@ async def frame(request: web.Request) -> web.StreamResponse:
     """The latest screencast JPEG. ``?after=SEQ`` waits (``timeout`` s, at most 30) for a newer
     one; ``If-None-Match`` answers 304 when the client already has it."""
     session = await session_of(request)
+    return await frame_response(request, session, session.id)
+
+
+async def frame_response(request: web.Request, session: Session, shown_id: str
+                         ) -> web.StreamResponse:
+    """``frame``'s answer; ``shown_id``: the id the client may see (a share's, for a viewer)."""
     q = request.query
     try:
         after = int(q.get("after", "-1"))
@@ -272,7 +284,7 @@ async def frame(request: web.Request) -> web.StreamResponse:
         if current is None:
             raise SessionError("no frame yet", 503)
     image = await hub.image(current, quality)
-    etag = f'"{session.id[:8]}-{current.seq}-{min(quality, current.quality)}"'
+    etag = f'"{shown_id[:8]}-{current.seq}-{min(quality, current.quality)}"'
     headers = {
         "ETag": etag,
         "Cache-Control": "no-cache",
@@ -284,3 +296,53 @@ async def frame(request: web.Request) -> web.StreamResponse:
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     return web.Response(body=image, content_type="image/jpeg", headers=headers)
+
+
+# ------------------------------------------------------------------- share links
+# Knowing a session's id is owning it; a share link lets someone else watch it without ever
+# learning the id, read-only unless the owner grants input (docs/protocol.md, *Sharing*).
+@routes.post("/api/session/{session_id}/share")
+async def create_share(request: web.Request) -> web.Response:
+    session = await session_of(request)
+    data = await read_json(request)
+    allow_input = v.boolean(data, "input", False)
+    share = await request.app[MANAGER].share(session, allow_input)
+    return web.json_response({
+        "success": True, "share_token": share.token, **share.view(),
+        "url": f"{public_base(request)}/#share={share.token}",
+    }, status=201)
+
+
+@routes.get("/api/session/{session_id}/share")
+async def list_shares(request: web.Request) -> web.Response:
+    session = await session_of(request)
+    return web.json_response({"shares": [s.view() for s in session.shares.values()]})
+
+
+@routes.delete("/api/session/{session_id}/share/{key}")
+async def revoke_share(request: web.Request) -> web.Response:
+    """Revoke a share link (by its token or its share id): its viewers are cut off."""
+    session = await session_of(request)
+    share = await request.app[MANAGER].unshare(session, request.match_info["key"])
+    return web.json_response({"success": True, "share_id": share.id,
+                              "message": "Share link revoked"})
+
+
+async def shared(request: web.Request) -> tuple[Session, Share]:
+    """The session and share a viewer's request names: header ``X-Share-Token`` (preferred:
+    kept out of URLs and logs) or query ``share``."""
+    token = request.headers.get("X-Share-Token") or request.query.get("share")
+    return await request.app[MANAGER].lookup_share(token)
+
+
+@routes.get("/api/share/info")
+async def share_info(request: web.Request) -> web.Response:
+    session, share = await shared(request)
+    return web.json_response(session.shared_view(share))
+
+
+@routes.get("/api/share/frame")
+async def share_frame(request: web.Request) -> web.StreamResponse:
+    """``frame`` for a share link's viewer (polling clients); read-only."""
+    session, share = await shared(request)
+    return await frame_response(request, session, share.id)

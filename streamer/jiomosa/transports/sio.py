@@ -19,8 +19,12 @@ from jiomosa.core.settings import Settings
 from jiomosa.frames.hub import Frame
 from jiomosa.frames.pacer import Subscriber
 from jiomosa.sessions.manager import SessionManager
-from jiomosa.sessions.session import Session
+from jiomosa.sessions.session import Session, Share
 from jiomosa.transports import events
+from jiomosa.transports.sioserver import BoundedServer
+
+MAX_IN_FLIGHT = 32
+"""Events one Socket.IO client may have being handled at once; more are answered ``error``."""
 
 
 class SocketIOTransport:
@@ -28,13 +32,16 @@ class SocketIOTransport:
 
     name = "socketio"
 
-    def __init__(self, sio: socketio.AsyncServer, sid: str) -> None:
+    def __init__(self, sio: socketio.AsyncServer, sid: str, channel: SocketIOChannel) -> None:
         self._sio = sio
         self.sid = sid
+        self._channel = channel
 
     async def send_frame(self, frame: Frame, image: bytes, sub: Subscriber) -> None:
+        if sub is not self._channel.sub:
+            return  # a subscription being replaced: its frames would name the wrong session
         payload = {
-            "session_id": sub.hub.session_id,
+            "session_id": events.shown_id(self._channel, sub.hub.session_id),
             "seq": frame.seq,
             "timestamp": frame.timestamp,
             "width": frame.width,
@@ -65,11 +72,14 @@ class SocketIOChannel:
     def __init__(self, server: StreamServer, sid: str, encoding: str) -> None:
         self.id = sid
         self.settings = server.settings
-        self._transport = SocketIOTransport(server.sio, sid)
+        self._transport = SocketIOTransport(server.sio, sid, self)
         self.default_encoding = encoding
         self.subscribe_extra: dict[str, Any] = {}
         self.sub: Subscriber | None = None
         self.subscribed_to: Session | None = None
+        self.grant: Share | None = None
+        self.in_flight = 0
+        """Events of this client being handled now (at most ``MAX_IN_FLIGHT``)."""
         self._server = server
 
     @property
@@ -79,8 +89,13 @@ class SocketIOChannel:
     async def send(self, event: str, data: Any, reply: bool = True) -> None:
         await self._server.sio.emit(event, data, to=self.id)
 
-    async def target(self, payload: dict[str, Any]) -> Session:
-        return await self._server.manager.lookup(v.string(payload, "session_id", 128))
+    async def target(self, payload: dict[str, Any]) -> tuple[Session, Share | None]:
+        manager = self._server.manager
+        if "share" in payload:  # a share link: {"share": token}
+            if "session_id" in payload:
+                raise v.BadRequest("subscribe names a session_id or a share, not both")
+            return await manager.lookup_share(v.string(payload, "share", 128))
+        return await manager.lookup(v.string(payload, "session_id", 128)), None
 
     async def input_session(self) -> Session:
         if self.sub is None or self.subscribed_to is None:
@@ -96,10 +111,12 @@ class StreamServer:
         self.manager = manager
         origins: str | list[str] = "*" if settings.cors_origins == "*" else [
             o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-        self.sio = socketio.AsyncServer(
+        # Bounded: a client that does not read is dropped past max_queued_bytes (sioserver).
+        self.sio = BoundedServer(
             async_mode="aiohttp",
             cors_allowed_origins=origins,
             max_http_buffer_size=settings.max_body_bytes,
+            max_queued_bytes=settings.max_queued_bytes,
             ping_interval=20,
             ping_timeout=20,
             logger=False,
@@ -107,6 +124,7 @@ class StreamServer:
         )
         self._channels: dict[str, SocketIOChannel] = {}
         manager.on_closed(self._session_closed)
+        manager.on_unshared(self._unshared)
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
         for event in events.EVENTS:
@@ -122,11 +140,23 @@ class StreamServer:
         @functools.wraps(events.EVENTS[event])
         async def run(sid: str, data: Any = None, *_extra: Any) -> None:
             channel = self._channels.get(sid)
-            if channel is not None:
+            if channel is None:
+                return
+            # python-socketio runs every event in a task of its own: without a cap, a client
+            # sending input faster than Chrome takes it piles up tasks holding its payloads.
+            if channel.in_flight >= MAX_IN_FLIGHT:
+                await channel.send("error", {
+                    "message": f"too many events in flight (at most {MAX_IN_FLIGHT}); wait "
+                               "for their answers", "event": event})
+                return
+            channel.in_flight += 1
+            try:
                 await events.dispatch(channel, event, data)
+            finally:
+                channel.in_flight -= 1
         return run
 
-    async def _ping(self, sid: str, data: Any = None) -> dict[str, Any] | None:
+    async def _ping(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any] | None:
         channel = self._channels.get(sid)
         return events.pong(channel, data) if channel is not None else None
 
@@ -147,6 +177,11 @@ class StreamServer:
     async def _session_closed(self, session: Session, reason: str) -> None:
         for channel in list(self._channels.values()):
             await events.session_closed(channel, session, reason)
+
+    async def _unshared(self, session: Session, reason: str) -> None:
+        for channel in list(self._channels.values()):
+            if events.revoked(channel, session):
+                await events.session_closed(channel, session, reason)
 
     async def shutdown(self) -> None:
         for channel in list(self._channels.values()):
