@@ -85,6 +85,10 @@ class RestFuzzer:
                 path_params["session_id"] = data.draw(st.sampled_from(pool), label="sid")
         if "token" in path_params and target.tokens and data.draw(st.booleans()):
             path_params["token"] = data.draw(st.sampled_from(target.tokens))
+        if isinstance(case.headers, dict) and target.tokens:
+            for name in [n for n in case.headers if "share" in n.lower()]:
+                if data.draw(st.booleans()):
+                    case.headers[name] = data.draw(st.sampled_from(target.tokens))
         query = case.query if isinstance(case.query, dict) else None
         if query is not None:
             if "share" in query and target.tokens and data.draw(st.booleans()):

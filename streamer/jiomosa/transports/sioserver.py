@@ -168,6 +168,9 @@ class BoundedEngineServer(engineio.AsyncServer):
         return CountingQueue() if not args and not kwargs else super().create_queue(
             *args, **kwargs)
 
+    def dropped(self, sid: str) -> bool:
+        return sid in self._dropping
+
     def queue_of(self, sid: str) -> CountingQueue | None:
         queue = getattr(self.sockets.get(sid), "queue", None)
         return queue if isinstance(queue, CountingQueue) else None
@@ -254,6 +257,10 @@ class BoundedServer(socketio.AsyncServer):
         await super()._send_packet(eio_sid, pkt)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if self.eio.dropped(eio_sid) or eio_sid not in self.environ:
+            # Already read before the client was dropped, or after it left: python-socketio
+            # would look it up among the connected (a CONNECT raised KeyError).
+            return
         pending = self._binary_packet.get(eio_sid)
         if pending is not None:
             held = sum(len(a) for a in pending.attachments) + len(data)
