@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from helpers import DOWNLOAD_NAME, PAGE_HOST, ROOT, PageServer, ServerProcess, free_port
+from helpers import DOWNLOAD_NAME, PAGE_HOST, ROOT, TRAP_HOST, PageServer, ServerProcess, free_port
 
 from jiomosa.browser.page import BrowserPage, NavigationError
 from jiomosa.core.types import Viewport
@@ -279,3 +279,36 @@ def _closure(names: set[str]) -> set[str]:
             if "extra ==" not in req:
                 todo.append(_canonical(re.split(r"[<>=!~ \[;(]", req, maxsplit=1)[0]))
     return seen
+
+
+async def test_a_rebinding_name_reaches_nothing_private(
+        tmp_path_factory: pytest.TempPathFactory, pages: PageServer, trap: PageServer) -> None:
+    """A host name that resolves to the pod's loopback (DNS rebinding): the pod resolves it
+    itself, in the egress proxy and in its Fetch guard, and connects to nothing private."""
+    from fakedns import FakeDns
+
+    dns = FakeDns({"rebind.jiomosa-probe.net": [TRAP_HOST]}).start()
+    # A short directory: Chromium's singleton socket path must fit a Unix socket name.
+    agent = AgentProcess(tmp_path_factory.mktemp("rb"), token=secrets.token_urlsafe(32),
+                         env={"JIOMOSA_DNS_SERVERS": dns.address})
+    agent.start()
+    try:
+        before = len(trap.requests)
+        target = f"http://rebind.jiomosa-probe.net:{trap.port}"
+        pages.html("/agent-rebind", f"""<!doctype html><title>rebind</title><script>
+fetch('{target}/rebind-fetch').then(function () {{ document.title = 'rebind-reached'; }},
+                                     function () {{ document.title = 'rebind-blocked'; }});
+new WebSocket('{target.replace("http", "ws")}/rebind-ws');
+</script>""")
+        page = await agent.attach()
+        try:
+            await page.navigate(pages.url("/agent-rebind"), 20)
+            assert await eventually_title(page, "rebind-") == "rebind-blocked"
+        finally:
+            await page.close()
+        await asyncio.sleep(0.5)
+        assert [r for r in trap.requests[before:] if "rebind" in r] == []
+        assert dns.queries["rebind.jiomosa-probe.net"] >= 1  # the pod really asked DNS for the name
+    finally:
+        agent.stop()
+        dns.stop()

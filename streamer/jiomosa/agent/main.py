@@ -18,6 +18,7 @@ from jiomosa.agent.server import CdpProxy, bearer_ok
 from jiomosa.browser.cdp import CDPConnection, CDPError
 from jiomosa.browser.egress import EgressProxy
 from jiomosa.browser.fetchguard import RequestGuard
+from jiomosa.core import dns
 from jiomosa.core.settings import Settings
 from jiomosa.core.tasks import TaskSet
 from jiomosa.core.urlpolicy import UrlPolicy
@@ -91,6 +92,12 @@ class Agent:
 
     # ----------------------------------------------------------------- life
     async def start(self) -> None:
+        s = self.settings
+        # The pod's own resolver, as the streamer's (JIOMOSA_DNS_*): the egress proxy and the
+        # Fetch guard resolve every host themselves.
+        dns.configure(dns.DnsConfig(servers=s.dns_servers, timeout=s.dns_timeout,
+                                    max_lookups=s.dns_max_lookups, max_ttl=s.dns_max_ttl,
+                                    negative_ttl=s.dns_negative_ttl))
         await self.egress.start()
         user_agent = (f"--user-agent={self.options.user_agent}",) if self.options.user_agent else ()
         self.chrome = ChromeProcess(
@@ -109,6 +116,7 @@ class Agent:
         if self.chrome is not None:
             await self.chrome.stop()
         await self.egress.stop()
+        await dns.shutdown()
 
     def _blocked(self, url: str) -> None:
         self.blocked += 1
