@@ -230,22 +230,29 @@ class BrowserSessionOperator:
         A streamer-made session gets none: it is reached through the streamer's session id."""
         token = viewers.new_token()
         meta = body["metadata"]
-        try:
-            secret = await self.kube.create(secret_path(meta["namespace"]),
-                                            viewer_secret(body, token))
-        except ApiError as exc:
-            message = f"cannot store the viewer token: {exc.message}"
-            if exc.status in (400, 403, 422):
-                await self._finish(body, current, patch, model.FAILED, "ViewerTokenRefused",
-                                   message)
-                raise kopf.PermanentError(message) from None
-            raise kopf.TemporaryError(message, delay=5) from None
-        name = secret["metadata"]["name"]
+        name = await self._create_secret(body, current, patch, viewer_secret(body, token),
+                                         "the viewer token", "ViewerTokenRefused")
         viewer = viewer_status(name, token)
         await self.kube.merge_patch(session_path(meta["namespace"], meta["name"], "status"),
                                     {"status": {"viewer": viewer}})
         patch.status["viewer"] = viewer
         self._event(body, "Normal", "ViewerToken", f"the viewer token is in Secret {name}")
+
+    async def _create_secret(self, body: kopf.Body, current: Mapping[str, Any],
+                             patch: kopf.Patch, manifest: dict[str, Any], what: str,
+                             refused: str) -> str:
+        """Create a Secret of the session; its generated name. A refusal that waiting will not
+        mend (invalid, forbidden) fails the session with ``refused`` as the reason."""
+        try:
+            secret = await self.kube.create(secret_path(body["metadata"]["namespace"]),
+                                            manifest)
+        except ApiError as exc:
+            message = f"cannot store {what}: {exc.message}"
+            if exc.status in (400, 403, 422):
+                await self._finish(body, current, patch, model.FAILED, refused, message)
+                raise kopf.PermanentError(message) from None
+            raise kopf.TemporaryError(message, delay=5) from None
+        return str(secret["metadata"]["name"])
 
     def _token(self, body: kopf.Body) -> str:
         return tokens.session_token(self.settings.token_key, str(body["metadata"]["uid"]))
@@ -259,17 +266,9 @@ class BrowserSessionOperator:
         recorded = (current.get("endpoints") or {}).get("cdpTokenSecret")
         if model.is_generated(meta["name"], "cdp", recorded):
             return str(recorded)
-        try:
-            secret = await self.kube.create(secret_path(meta["namespace"]),
-                                            token_secret(body, self._token(body)))
-        except ApiError as exc:
-            message = f"cannot store the browser's token: {exc.message}"
-            if exc.status in (400, 403, 422):
-                await self._finish(body, current, patch, model.FAILED, "TokenSecretRefused",
-                                   message)
-                raise kopf.PermanentError(message) from None
-            raise kopf.TemporaryError(message, delay=5) from None
-        name = str(secret["metadata"]["name"])
+        name = await self._create_secret(body, current, patch,
+                                         token_secret(body, self._token(body)),
+                                         "the browser's token", "TokenSecretRefused")
         await self.kube.merge_patch(session_path(meta["namespace"], meta["name"], "status"),
                                     {"status": {"endpoints": {"cdpTokenSecret": name}}})
         patch.status["endpoints"] = {"cdpTokenSecret": name}
