@@ -159,11 +159,11 @@ async def agent_alive(agent_url: str) -> bool | None:
         return None
 
 
-async def agent_claim(agent_url: str, claim_token: str, token: str) -> bool:
+async def agent_claim(agent_url: str, claim_token: str, token: str) -> bool | None:
     """Hand a warm-pool pod the session's ``token`` (its ``/claim``, once). True if the pod
-    now serves that token: it took it now, or had taken it before (an operator restarted
-    between the claim and recording it); False if it serves someone else or cannot be
-    reached."""
+    now serves that token: it took it now, or had taken it before (an operator restarted, or
+    an answer was lost, between the claim and recording it); False if it refuses (it serves
+    someone else, or another key made it); None if it cannot be reached (try again)."""
     try:
         async with aiohttp.ClientSession(timeout=AGENT_TIMEOUT) as http:
             async with http.post(agent_url + "/claim", json={"token": token},
@@ -180,4 +180,4 @@ async def agent_claim(agent_url: str, claim_token: str, token: str) -> bool:
                 return answer.status == 200
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         log.warning("cannot claim the warm pod at %s: %s", agent_url, exc)
-        return False
+        return None

@@ -216,7 +216,7 @@ class BrowserSessionOperator:
 
         opened: tuple[BrowserEndpoint, dict[str, str]] | None
         if self.settings.agent:
-            opened = await self._open_agent(body, pod, secret)
+            opened = await self._open_agent(body, pod, secret, retry)
         else:
             opened = await self._open_browser(body, current, patch, pod, session, retry)
         if opened is None:
@@ -305,21 +305,27 @@ class BrowserSessionOperator:
         self._event(body, "Normal", "PodClaimed", f"claimed warm pod {name}")
         return pod
 
-    async def _open_agent(self, body: kopf.Body, pod: Mapping[str, Any],
-                          secret: str) -> tuple[BrowserEndpoint, dict[str, str]]:
+    async def _open_agent(self, body: kopf.Body, pod: Mapping[str, Any], secret: str,
+                          retry: int) -> tuple[BrowserEndpoint, dict[str, str]]:
         """An agent pod serves the session's token from its start (a Secret in its
-        environment); a claimed pool pod is handed the token now (again after a restart: the
-        pod then answers that it already serves it). A pool pod that will not take it is
-        dropped (deleted), and the next run starts another."""
+        environment); a claimed pool pod is handed the token now (again after a restart or a
+        lost answer: the pod then says it already serves it). A pool pod that refuses it, or
+        cannot be reached ``browser_start_attempts`` times, is dropped (deleted), and the
+        next run starts another."""
         url = agent_url(pod, self.settings)
         token = self._token(body)
         if is_pool_pod(pod):
             name = str(pod["metadata"]["name"])
             claim = tokens.claim_token(self.settings.token_key, body["metadata"]["namespace"],
                                        name)
-            if not await browser.agent_claim(url, claim, token):
-                self._event(body, "Warning", "ClaimRefused",
-                            f"warm pod {name} did not take the session's token; dropped")
+            taken = await browser.agent_claim(url, claim, token)
+            if taken is None and retry + 1 < self.settings.browser_start_attempts:
+                # A busy node answers late: the pod stays the session's and is asked again.
+                raise kopf.TemporaryError(f"warm pod {name} did not answer its claim",
+                                          delay=max(1.0, self.settings.poll_interval))
+            if not taken:
+                why = "did not answer" if taken is None else "did not take the session's token"
+                self._event(body, "Warning", "ClaimRefused", f"warm pod {name} {why}; dropped")
                 await self._delete_pod(body, name)
                 raise kopf.TemporaryError(f"warm pod {name} refused its claim",
                                           delay=self.settings.poll_interval)
