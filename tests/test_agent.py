@@ -312,3 +312,26 @@ new WebSocket('{target.replace("http", "ws")}/rebind-ws');
     finally:
         agent.stop()
         dns.stop()
+
+
+async def test_sigterm_with_a_client_attached_ends_promptly(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A pod whose session is being streamed stops at once on SIGTERM: the DevTools websocket
+    the streamer holds ends with Chromium instead of holding the server's cleanup (60 s, far
+    past a pod's grace period) open."""
+    # A short directory: Chromium's singleton socket lives under HOME (108-byte limit).
+    proc = AgentProcess(tmp_path_factory.mktemp("stop"), token=secrets.token_urlsafe(32))
+    proc.start()
+    try:
+        attached = await proc.attach()
+        assert proc.proc is not None
+        start = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        # The wait is long enough for a busy machine and far below aiohttp's 60 s.
+        code = await asyncio.to_thread(proc.proc.wait, 30)
+        took = time.monotonic() - start
+        await attached.close()
+    finally:
+        proc.stop()
+    assert code == 0, proc.log_tail()
+    assert took < 20, f"stopped after {took:.1f} s"

@@ -80,14 +80,8 @@ start=$SECONDS
 tmp="$(mktemp -d "$cache_root/controlplane/.build-$k8s_version.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
-# What upstream's hack/lib/version.sh stamps in, so /version and
-# `kubectl version` report the real release instead of v0.0.0-master.
-minor="${k8s_version#v1.}"; minor="${minor%%.*}"
-vflags=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  vflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  vflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit="
-done
+source "$here/version-ldflags.sh"
+vflags="$(k8s_version_ldflags "$k8s_version")"
 
 # -mod=readonly: builds exactly what the committed go.mod/go.sum pin.
 goflags=(-mod=readonly -trimpath)

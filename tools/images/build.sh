@@ -54,7 +54,8 @@ config_of() {
   case "$1" in
     jiomosa) echo '{"User":"10001:10001","Env":['"$env"'],"Entrypoint":["jiomosa"],"Cmd":["serve","--host","0.0.0.0","--port","5000"],"WorkingDir":"/tmp","ExposedPorts":{"5000/tcp":{},"8080/tcp":{}},"Labels":{"org.opencontainers.image.title":"jiomosa","org.opencontainers.image.licenses":"MIT"}}' ;;
     jiomosa-browser) echo '{"User":"10001:10001","Env":['"$env"'],"Entrypoint":["jiomosa"],"Cmd":["browser","--port","9300"],"WorkingDir":"/tmp","ExposedPorts":{"9300/tcp":{}},"Labels":{"org.opencontainers.image.title":"jiomosa-browser","org.opencontainers.image.licenses":"MIT"}}' ;;
-    redis) echo '{"User":"10001:10001","Env":["PATH=/usr/bin:/bin"],"Entrypoint":["redis-server"],"Cmd":["--port","6379","--protected-mode","no","--save","","--appendonly","no"],"WorkingDir":"/tmp","ExposedPorts":{"6379/tcp":{}}}' ;;
+    # No entrypoint: the chart's StatefulSet gives the whole command line (redis-server ...).
+    redis) echo '{"User":"10001:10001","Env":["PATH=/usr/bin:/bin"],"Cmd":["redis-server","--port","6379","--protected-mode","no","--save","","--appendonly","no"],"WorkingDir":"/tmp","ExposedPorts":{"6379/tcp":{}}}' ;;
     pause) echo '{"User":"65535:65535","Entrypoint":["/pause"],"WorkingDir":"/"}' ;;
   esac
 }

@@ -181,8 +181,11 @@ async def serve(settings: Settings, options: AgentOptions) -> int:
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
-    await runner.cleanup()
+    # Chromium first: the DevTools websockets the proxy holds end with it. The server's
+    # cleanup waits for open handlers (60 s), so in the other order a pod with a streamer
+    # attached would use its whole grace period and be killed.
     await agent.stop()
+    await runner.cleanup()
     return code
 
 
