@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 HOST ?= 0.0.0.0
 PORT ?= 5000
 APT_PACKAGES := chromium chromium-driver redis-server redis-tools fonts-dejavu-core curl openssl \
-	gcc libc6-dev make clang libclang-rt-14-dev iproute2
+	gcc libc6-dev make clang libclang-rt-14-dev iproute2 libjpeg62-turbo-dev libpng-dev
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv run test lint bench bench-fleet clean
+.PHONY: setup system-deps venv run test lint bench bench-fleet bench-load clean
 
 setup: system-deps venv
 
@@ -50,6 +50,10 @@ bench: setup
 
 bench-fleet: setup
 	$(PY) bench/fleet.py
+
+# One streamer with its production abuse limits under 1,000 connections and 200 creates/s.
+bench-load: setup
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -70,6 +70,7 @@ class FakePage:
         self.closed = False
         self._on_frame: Callable[[bytes, int, int], object] | None = None
         self._on_gone: list[Callable[[str], None]] = []
+        self._on_info: list[Callable[[dict[str, Any]], None]] = []
 
     def paint(self, image: bytes | None = None) -> None:
         """Chrome's screencast sends a frame."""
@@ -86,6 +87,15 @@ class FakePage:
 
     def on_gone(self, callback: Callable[[str], None]) -> None:
         self._on_gone.append(callback)
+
+    def on_info(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        self._on_info.append(callback)
+
+    def follow(self, url: str) -> None:
+        """The page went elsewhere by itself (a link, a form, a script): Chrome tells."""
+        self.browser.url = url
+        for callback in self._on_info:
+            callback({"title": f"title of {url}", "url": url})
 
     async def start_screencast(self, quality: int) -> None:
         self.quality = quality

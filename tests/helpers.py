@@ -91,6 +91,39 @@ document.body.addEventListener('mousedown', function () {
 </script></body></html>"""
 
 
+CARET_PAGE = """<!doctype html><html><head><title>caret</title></head>
+<body style="margin:8px;font:16px sans-serif;background:#fff">
+<p>Search the web</p>
+<input id="q" style="width:200px;height:28px;font:16px sans-serif" autofocus>
+<p>A focused text field: its caret blinks and typing echoes characters.</p>
+<script>var q = document.getElementById('q'); q.focus();
+q.addEventListener('input', function () { document.title = 'text:' + q.value; });</script>
+</body></html>"""
+
+_WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+          "incididunt ut labore et dolore magna aliqua ut enim ad minim veniam quis nostrud "
+          "exercitation ullamco laboris nisi aliquip ex ea commodo consequat").split()
+
+
+def _text_page(smooth: bool) -> str:
+    """A long page of dense text (a news article on a phone), to scroll through."""
+    paragraphs = []
+    for i in range(60):
+        words = [_WORDS[(i * 7 + j * 3) % len(_WORDS)] for j in range(40 + i % 13)]
+        paragraphs.append(f"<p><b>{i}.</b> {' '.join(words)}.</p>")
+    behaviour = "smooth" if smooth else "auto"
+    return ("<!doctype html><html><head><title>text</title></head>"
+            f'<body style="margin:6px;font:13px serif;color:#222;background:#fff">'
+            f"<style>html{{scroll-behavior:{behaviour}}}</style>"
+            '<h2 style="color:#036">A long article</h2>' + "".join(paragraphs)
+            + "<script>addEventListener('scroll', function () {"
+              " document.title = 'scroll:' + Math.round(scrollY); });</script></body></html>")
+
+
+TEXT_PAGE = _text_page(smooth=False)
+TEXT_SMOOTH_PAGE = _text_page(smooth=True)
+
+
 DOWNLOAD_NAME = "jiomosa-download-probe.bin"
 DOWNLOAD_BODY = b"jiomosa download probe\n" * 64
 
@@ -158,6 +191,9 @@ def build_pages(trap: PageServer) -> PageServer:
     pages.html("/form", FORM_PAGE)
     pages.html("/color", CLICK_COLOR_PAGE)
     pages.html("/noise", NOISE_PAGE)
+    pages.html("/caret", CARET_PAGE)
+    pages.html("/text", TEXT_PAGE)
+    pages.html("/text-smooth", TEXT_SMOOTH_PAGE)
     pages.html("/submitted", "<!doctype html><title>submitted</title><p>ok</p>")
     pages.routes["/redirect-loopback"] = lambda _p: (
         302, b"", "text/plain", {"Location": trap.url("/secret-redirect")})
@@ -259,6 +295,20 @@ class ServerProcess:
         return out
 
 
+# The tests are one client on one address creating sessions, connecting and sending input as
+# fast as they can: the abuse limits (issue #13) would refuse them. Off for every test
+# streamer; tests/test_ratelimits.py turns each on with small numbers to prove it.
+NO_ABUSE_LIMITS = {
+    "JIOMOSA_CREATES_PER_MINUTE": "0",
+    "JIOMOSA_SESSIONS_PER_ADDRESS": "0",
+    "JIOMOSA_INPUT_PER_SECOND": "0",
+    "JIOMOSA_FRAME_QUALITIES": "0",
+    "JIOMOSA_CONNECTIONS_PER_ADDRESS": "0",
+    "JIOMOSA_CONNECTS_PER_MINUTE": "0",
+    "JIOMOSA_MESSAGES_PER_SECOND": "0",
+}
+
+
 class StreamerProcess(ServerProcess):
     """``jiomosa serve`` as a real subprocess with its own settings."""
 
@@ -272,6 +322,7 @@ class StreamerProcess(ServerProcess):
             "JIOMOSA_LOG_FORMAT": "json",
             "JIOMOSA_WARM_BROWSERS": "1",
             "JIOMOSA_ADMIN_TOKEN": ADMIN_TOKEN,
+            **NO_ABUSE_LIMITS,
             **(env or {}),
         }
         self.log_path = (log_dir or Path("/tmp")) / f"streamer-{self.port}.log"

@@ -148,7 +148,7 @@ async def test_devtools_demand_the_token(agent: AgentProcess) -> None:
 
 async def test_frames_flow_through_the_proxy(page: BrowserPage, pages: PageServer) -> None:
     frames: list[tuple[int, int]] = []
-    page.set_frame_callback(lambda _jpeg, w, h: frames.append((w, h)))
+    page.set_frame_callback(lambda _jpeg, w, h, _meta: frames.append((w, h)))
     await page.start_screencast(80)
     await page.navigate(pages.url("/anim"), 20)
     deadline = time.monotonic() + 10

@@ -79,7 +79,9 @@ def _chromium_browsers(pid: int) -> list[int]:
 
 async def test_crashed_browser_fails_the_session(start_streamer: type[StreamerProcess],
                                                  pages: PageServer) -> None:
-    proc = start_streamer({"JIOMOSA_WARM_BROWSERS": "0"}).start()
+    """With restarts off (JIOMOSA_CRASH_RESTARTS=0) a crash ends the session at once, as before
+    crash recovery (tests/test_crash_recovery.py has the default)."""
+    proc = start_streamer({"JIOMOSA_WARM_BROWSERS": "0", "JIOMOSA_CRASH_RESTARTS": "0"}).start()
     assert proc.proc is not None
     async with aiohttp.ClientSession() as http:
         api = Api(http, proc.base)

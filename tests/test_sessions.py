@@ -481,7 +481,10 @@ async def test_a_close_during_create_leaves_no_browser_running(make_rig: RigFact
 
 
 # ======================================================================= manager: failures
-async def test_a_page_crash_fails_the_session_and_keeps_it_visible(rig: Rig) -> None:
+async def test_a_page_crash_fails_the_session_and_keeps_it_visible(
+        make_rig: RigFactory) -> None:
+    # Without restarts (JIOMOSA_CRASH_RESTARTS=0): the behaviour before crash recovery.
+    rig = await make_rig(crash_restarts=0)
     s = await rig.create()
     page = rig.page(s)
     ch = rig.channel()
@@ -521,7 +524,8 @@ async def test_a_page_crash_fails_the_session_and_keeps_it_visible(rig: Rig) -> 
     assert gone.value.status == 404
 
 
-async def test_subscribe_to_a_failed_session_is_an_error_event(rig: Rig) -> None:
+async def test_subscribe_to_a_failed_session_is_an_error_event(make_rig: RigFactory) -> None:
+    rig = await make_rig(crash_restarts=0)
     s = await rig.create()
     rig.page(s).crash("crashed")
     ch = rig.channel()
@@ -579,7 +583,7 @@ async def test_the_reaper_ends_a_session_at_max_duration_even_if_watched(
 def test_the_event_table_names_exactly_the_documented_events() -> None:
     assert set(events.EVENTS) == {
         "subscribe", "unsubscribe", "input:click", "input:scroll", "input:key", "input:text",
-        "quality:set", "fps:set", "adaptive:toggle", "ping"}
+        "quality:set", "fps:set", "adaptive:toggle", "ping", "frame:key"}
 
 
 async def test_subscribe_answers_and_streams_the_current_frame(rig: Rig) -> None:
@@ -588,7 +592,7 @@ async def test_subscribe_answers_and_streams_the_current_frame(rig: Rig) -> None
     await events.dispatch(ch, "subscribe", {"session_id": s.id})
     assert ch.sent == [
         ("subscribe:response", {"session_id": s.id, "fps": 60, "quality": 80,
-                                "adaptive_mode": True, "encoding": "binary",
+                                "adaptive_mode": True, "encoding": "binary", "delta": False,
                                 "frame_header": {"magic": "JMSA"}}, True),
         ("subscribed", {"session_id": s.id, "message": f"Subscribed to session {s.id}"}, True),
     ]
@@ -610,7 +614,7 @@ async def test_subscribe_with_options_and_base64(rig: Rig) -> None:
     await events.dispatch(ch, "subscribe", {"session_id": s.id, "fps": 10, "quality": 50})
     assert ch.last("subscribe:response") == {
         "session_id": s.id, "fps": 10, "quality": 50, "adaptive_mode": False,
-        "encoding": "base64"}
+        "encoding": "base64", "delta": False}
     await eventually(lambda: bool(ch.transport.sent), what="first frame sent")
     assert ch.transport.sent[0][1].startswith(b"data:image/jpeg;base64,")
     # Subscribing again replaces the subscription (one subscriber per channel).

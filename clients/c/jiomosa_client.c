@@ -12,15 +12,23 @@
  * hundred KB; -m bounds it, 16 MiB by default) plus a 16 KB socket buffer; nothing is queued.
  * Peak RSS is printed at exit.
  *
+ * Delta frames (issue 14; built with `make DELTA=1`, which links libjpeg and libpng): with -d
+ * the client asks for them (?delta=1&formats=jpeg,png), keeps the picture as RGB (3 bytes a
+ * pixel) and applies each JMD update to it (jiomosa_delta.c); -o then writes that picture as
+ * a PPM. A message that fails any check is not applied: the client asks for a key frame
+ * ({"event":"frame:key"}) and ignores updates until it comes.
+ *
  * Everything that parses bytes from the network (WebSocket frames, the JMF header, the HTTP
  * upgrade answer, JSON lookups) is in jiomosa_proto.c, which never touches a socket, so
  * fuzz/fuzz_client.c can drive it from a buffer.
  *
  * Output (stdout, one line each, for people and scripts):
  *   session ID
- *   frame seq=N width=W height=H quality=Q bytes=B age_ms=A
+ *   frame seq=N width=W height=H quality=Q bytes=B age_ms=A [key=1]
+ *   delta seq=N base=B copies=C images=I pixels=P bytes=B age_ms=A    (with -d)
+ *   rejected seq=N reason=...        (with -d: a message not applied; a key frame is asked)
  *   event {...json text message...}
- *   done frames=N bytes=B seconds=S peak_rss_kb=K
+ *   done frames=N bytes=B seconds=S [deltas=D keys=K rejected=R] peak_rss_kb=K
  * Exit status: 0 finished (frame/time limit, or the server ended the session), 1 usage,
  * 2 network/HTTP error, 3 protocol error (a frame the client cannot accept: it prints why,
  * sends the matching close code and closes the connection).
@@ -48,6 +56,10 @@
 #include <unistd.h>
 
 #include "jiomosa_proto.h"
+#ifdef JIOMOSA_DELTA
+#include "jiomosa_delta.h"
+#include "jiomosa_image.h"
+#endif
 
 #ifdef JIOMOSA_SDL
 #include <SDL.h>
@@ -76,12 +88,16 @@ struct options {
     int quality, fps;
     int keep;
     int verbose;
+    int delta;          /* -d: ask for delta frames and rebuild the picture */
     size_t max_message; /* -m: largest WebSocket message accepted */
 };
 
 static volatile sig_atomic_t g_stop = 0;
 static void on_signal(int sig) { (void)sig; g_stop = 1; }
 
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3), noreturn))
+#endif
 static void die(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -334,15 +350,16 @@ static void ws_connect(const struct options *o, struct reader *r, const char *id
         uint32_t v = rng_next();
         memcpy(nonce + i, &v, 4);
     }
-    char key[32], query[64] = "", req[1024];
+    char key[32], query[128] = "", req[1024];
     jm_base64(nonce, sizeof nonce, key);
-    if (o->fps || o->quality) {
-        int n = 0;
-        if (o->fps) n += snprintf(query + n, sizeof query - (size_t)n, "?fps=%d", o->fps);
-        if (o->quality)
-            snprintf(query + n, sizeof query - (size_t)n, "%cquality=%d", n ? '&' : '?',
-                     o->quality);
-    }
+    int qn = 0; /* each value is an int or a constant: the query always fits */
+    if (o->fps) qn += snprintf(query + qn, sizeof query - (size_t)qn, "?fps=%d", o->fps);
+    if (o->quality)
+        qn += snprintf(query + qn, sizeof query - (size_t)qn, "%cquality=%d", qn ? '&' : '?',
+                       o->quality);
+    if (o->delta) /* only the formats this client decodes (jiomosa_image.c) */
+        snprintf(query + qn, sizeof query - (size_t)qn, "%cdelta=1&formats=jpeg,png",
+                 qn ? '&' : '?');
     int n = snprintf(req, sizeof req,
                      "GET %s/api/session/%s/stream%s HTTP/1.1\r\nHost: %s:%s\r\n"
                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -414,6 +431,53 @@ static void save_frame(const struct options *o, const struct jm_frame *f) {
     }
 }
 
+/* ------------------------------------------------------------------ delta frames */
+#ifndef JIOMOSA_DELTA
+struct delta_state { int unused; };
+#else
+struct delta_state {
+    struct jm_picture pic;
+    struct jm_image_reader *rd;
+    int want_key;     /* a key frame was asked for: updates are ignored until it comes */
+    double asked_at;
+    long deltas, keys, rejected, ignored;
+};
+
+#define KEY_RETRY_S 2.0 /* ask again if updates still come this long after asking */
+
+static void ask_key_frame(int fd, struct delta_state *s) {
+    if (s->want_key && now_s() - s->asked_at < KEY_RETRY_S) return;
+    ws_send_text(fd, "{\"event\":\"frame:key\"}");
+    s->want_key = 1;
+    s->asked_at = now_s();
+}
+
+static void reject(int fd, struct delta_state *s, uint32_t seq, const char *why) {
+    s->rejected++;
+    printf("rejected seq=%lu reason=", (unsigned long)seq);
+    jm_print_text(stdout, (const uint8_t *)why, strlen(why)); /* may quote server numbers */
+    putchar('\n');
+    fflush(stdout);
+    ask_key_frame(fd, s);
+}
+
+/* The picture as a binary PPM (P6), replaced atomically like latest.jpg. */
+static void save_picture(const struct options *o, const struct jm_picture *p) {
+    char path[4096], tmp[4200], head[64];
+    if (o->latest_only) snprintf(path, sizeof path, "%s/latest.ppm", o->out_dir);
+    else snprintf(path, sizeof path, "%s/frame-%06lu.ppm", o->out_dir, (unsigned long)p->seq);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int hn = snprintf(head, sizeof head, "P6\n%u %u\n255\n", p->width, p->height);
+    FILE *fp = fopen(tmp, "wb");
+    size_t n = (size_t)p->width * p->height * 3;
+    if (!fp || fwrite(head, 1, (size_t)hn, fp) != (size_t)hn || fwrite(p->rgb, 1, n, fp) != n ||
+        fclose(fp) != 0)
+        die(EXIT_NET, "cannot write %s: %s", tmp, strerror(errno));
+    if (rename(tmp, path) != 0) die(EXIT_NET, "rename %s: %s", tmp, strerror(errno));
+}
+
+#endif
+
 /* ------------------------------------------------------------------ optional display */
 #ifdef JIOMOSA_SDL
 static SDL_Window *g_win;
@@ -421,37 +485,46 @@ static SDL_Renderer *g_ren;
 static SDL_Texture *g_tex;
 static int g_tex_w, g_tex_h;
 
-static void display_frame(const struct jm_frame *f) {
+static void display_open(unsigned width, unsigned height) {
     if (!g_win) {
         if (SDL_Init(SDL_INIT_VIDEO) != 0) die(EXIT_NET, "SDL: %s", SDL_GetError());
         IMG_Init(IMG_INIT_JPG);
         g_win = SDL_CreateWindow("Jiomosa", SDL_WINDOWPOS_UNDEFINED, SDL_WINDOWPOS_UNDEFINED,
-                                 (int)f->width, (int)f->height, SDL_WINDOW_RESIZABLE);
+                                 (int)width, (int)height, SDL_WINDOW_RESIZABLE);
         g_ren = g_win ? SDL_CreateRenderer(g_win, -1, 0) : NULL;
         if (!g_ren) die(EXIT_NET, "SDL: %s", SDL_GetError());
-        SDL_RenderSetLogicalSize(g_ren, (int)f->width, (int)f->height);
+        SDL_RenderSetLogicalSize(g_ren, (int)width, (int)height);
         SDL_StartTextInput();
     }
+}
+
+/* Shows w x h pixels of 24-bit RGB (rows `pitch` bytes apart). */
+static void display_pixels(const void *pixels, int pitch, int w, int h) {
+    display_open((unsigned)w, (unsigned)h);
+    if (!g_tex || g_tex_w != w || g_tex_h != h) {
+        if (g_tex) SDL_DestroyTexture(g_tex);
+        g_tex = SDL_CreateTexture(g_ren, SDL_PIXELFORMAT_RGB24, SDL_TEXTUREACCESS_STREAMING,
+                                  w, h);
+        g_tex_w = w;
+        g_tex_h = h;
+        SDL_RenderSetLogicalSize(g_ren, w, h);
+    }
+    SDL_UpdateTexture(g_tex, NULL, pixels, pitch);
+    SDL_RenderClear(g_ren);
+    SDL_RenderCopy(g_ren, g_tex, NULL, NULL);
+    SDL_RenderPresent(g_ren);
+}
+
+static void display_frame(const struct jm_frame *f) {
     SDL_RWops *rw = SDL_RWFromConstMem(f->jpeg, (int)f->jpeg_len);
     SDL_Surface *img = rw ? IMG_LoadJPG_RW(rw) : NULL;
     if (rw) SDL_RWclose(rw);
     if (!img) return;
-    if (!g_tex || g_tex_w != img->w || g_tex_h != img->h) {
-        if (g_tex) SDL_DestroyTexture(g_tex);
-        g_tex = SDL_CreateTexture(g_ren, SDL_PIXELFORMAT_RGB888, SDL_TEXTUREACCESS_STREAMING,
-                                  img->w, img->h);
-        g_tex_w = img->w;
-        g_tex_h = img->h;
-        SDL_RenderSetLogicalSize(g_ren, img->w, img->h);
-    }
-    SDL_Surface *rgb = SDL_ConvertSurfaceFormat(img, SDL_PIXELFORMAT_RGB888, 0);
+    SDL_Surface *rgb = SDL_ConvertSurfaceFormat(img, SDL_PIXELFORMAT_RGB24, 0);
     SDL_FreeSurface(img);
     if (!rgb) return;
-    SDL_UpdateTexture(g_tex, NULL, rgb->pixels, rgb->pitch);
+    display_pixels(rgb->pixels, rgb->pitch, rgb->w, rgb->h);
     SDL_FreeSurface(rgb);
-    SDL_RenderClear(g_ren);
-    SDL_RenderCopy(g_ren, g_tex, NULL, NULL);
-    SDL_RenderPresent(g_ren);
 }
 
 static const char *sdl_key_name(SDL_Keycode k) {
@@ -501,6 +574,97 @@ static void display_close(void) {
 }
 #endif
 
+/* ------------------------------------------------------------------ binary messages */
+static void print_frame(const struct jm_frame *f) {
+    uint64_t at = epoch_ms();
+    printf("frame seq=%u width=%u height=%u quality=%u bytes=%zu age_ms=%lld%s\n", f->seq,
+           f->width, f->height, f->quality, f->jpeg_len,
+           (long long)(at >= f->ts_ms ? at - f->ts_ms : 0), f->flags & 1u ? " key=1" : "");
+    fflush(stdout);
+}
+
+#ifdef JIOMOSA_DELTA
+/* The picture changed: write it (-o) and show it (SDL), then print its line, so a script that
+ * reads the line finds the file. */
+static void show_picture(const struct options *o, const struct delta_state *s) {
+    if (o->out_dir) save_picture(o, &s->pic);
+#ifdef JIOMOSA_SDL
+    display_pixels(s->pic.rgb, (int)s->pic.width * 3, (int)s->pic.width, (int)s->pic.height);
+#endif
+}
+
+static void print_delta(const struct jm_delta *d, size_t len) {
+    uint64_t at = epoch_ms();
+    printf("delta seq=%lu base=%lu copies=%u images=%u pixels=%llu bytes=%zu age_ms=%lld\n",
+           (unsigned long)d->seq, (unsigned long)d->base_seq, d->n_copies, d->n_images,
+           (unsigned long long)(d->copied_pixels + d->drawn_pixels), len,
+           (long long)(at >= d->ts_ms ? at - d->ts_ms : 0));
+    fflush(stdout);
+}
+
+/* A binary message with -d: a JMD update, or a JMF frame (key frame or not, a whole picture
+ * that replaces the one held). 0, or -1 if it is neither. */
+static int delta_message(const struct options *o, int fd, struct delta_state *s,
+                         const uint8_t *data, size_t len, unsigned long long *bytes) {
+    char why[256];
+    if (len >= 3 && memcmp(data, JM_DELTA_MAGIC, 3) == 0) {
+        struct jm_delta d;
+        *bytes += len;
+        if (jm_delta_parse(data, len, &d, why, sizeof why) != 0) {
+            reject(fd, s, len >= 12 ? (uint32_t)data[8] << 24 | (uint32_t)data[9] << 16 |
+                                          (uint32_t)data[10] << 8 | data[11] : 0, why);
+        } else if (s->want_key) { /* based on a picture we may not hold: wait for the key */
+            s->ignored++;
+            print_delta(&d, len);
+            ask_key_frame(fd, s);
+        } else if (jm_delta_apply(&s->pic, &d, s->rd, why, sizeof why) != JM_DELTA_OK) {
+            print_delta(&d, len);
+            reject(fd, s, d.seq, why);
+        } else {
+            s->deltas++;
+            show_picture(o, s);
+            print_delta(&d, len);
+        }
+        return 0;
+    }
+    struct jm_frame f;
+    if (!jm_frame_parse(data, len, &f)) return -1;
+    *bytes += f.jpeg_len;
+    s->want_key = 0; /* the answer came: if it is unusable, reject() asks again at once */
+    int rc = jm_picture_load(&s->pic, s->rd, JM_IMG_JPEG, f.jpeg, f.jpeg_len, f.width, f.height,
+                             f.seq, why, sizeof why);
+    if (rc == JM_DELTA_OK) {
+        s->keys++;
+        show_picture(o, s);
+    }
+    print_frame(&f);
+    if (rc != JM_DELTA_OK) reject(fd, s, f.seq, why);
+    return 0;
+}
+#endif
+
+/* A binary message from the stream: a JMF frame, or with -d also a JMD update. 0, or -1 if
+ * it is none of these (a protocol error). A delta message that fails its checks is not an
+ * error: it is rejected and a key frame asked for. */
+static int on_binary(const struct options *o, int fd, const struct jm_msg *m,
+                     struct delta_state *ds, unsigned long long *bytes) {
+#ifdef JIOMOSA_DELTA
+    if (o->delta) return delta_message(o, fd, ds, m->data, m->len, bytes);
+#else
+    (void)fd;
+    (void)ds;
+#endif
+    struct jm_frame f;
+    if (!jm_frame_parse(m->data, m->len, &f)) return -1;
+    *bytes += f.jpeg_len;
+    if (o->out_dir) save_frame(o, &f);
+#ifdef JIOMOSA_SDL
+    display_frame(&f);
+#endif
+    print_frame(&f);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 /* Peak RSS in KB: VmHWM of this process image. (getrusage's ru_maxrss is not used when /proc
  * is there: Linux carries it over from the parent across fork and exec, so a client started
@@ -536,8 +700,16 @@ static void usage(const char *argv0) {
             "  -k          keep the session open at exit (default: close it if created here)\n"
             "  -v          print every text message\n"
             "  -m BYTES    largest WebSocket message accepted, K/M suffixes allowed\n"
-            "              (default %uM; a larger one ends the connection, exit 3)\n",
-            argv0, (unsigned)(JIOMOSA_MAX_MESSAGE >> 20));
+            "              (default %uM; a larger one ends the connection, exit 3)\n"
+            "  -d          delta frames: rebuild the picture from updates; -o writes it as\n"
+            "              DIR/frame-SEQ.ppm (-l: DIR/latest.ppm)%s\n",
+            argv0, (unsigned)(JIOMOSA_MAX_MESSAGE >> 20),
+#ifdef JIOMOSA_DELTA
+            ""
+#else
+            " (not in this build: make DELTA=1)"
+#endif
+            );
     exit(EXIT_USAGE);
 }
 
@@ -589,7 +761,7 @@ int main(int argc, char **argv) {
     o.max_message = JIOMOSA_MAX_MESSAGE;
     const char *base = "http://127.0.0.1:5000";
     int c;
-    while ((c = getopt(argc, argv, "s:S:w:o:ln:t:c:q:f:kvm:h")) != -1) {
+    while ((c = getopt(argc, argv, "s:S:w:o:ln:t:c:q:f:kvm:dh")) != -1) {
         switch (c) {
         case 's': base = optarg; break;
         case 'S': o.session_id = optarg; break;
@@ -607,6 +779,7 @@ int main(int argc, char **argv) {
         case 'k': o.keep = 1; break;
         case 'v': o.verbose = 1; break;
         case 'm': o.max_message = parse_size(optarg); break;
+        case 'd': o.delta = 1; break;
         default: usage(argv[0]);
         }
     }
@@ -614,6 +787,13 @@ int main(int argc, char **argv) {
     if (!o.url && !o.session_id) usage(argv[0]);
     if (o.session_id && !jm_session_id_valid(o.session_id))
         die(EXIT_USAGE, "not a session id: %s", o.session_id);
+    struct delta_state ds;
+    memset(&ds, 0, sizeof ds);
+#ifdef JIOMOSA_DELTA
+    if (o.delta && !(ds.rd = jm_image_reader_new())) die(EXIT_NET, "out of memory");
+#else
+    if (o.delta) die(EXIT_USAGE, "-d: this client was built without delta frames (make DELTA=1)");
+#endif
     parse_base(&o, base);
     rng_init();
     struct sigaction sa;
@@ -699,23 +879,12 @@ int main(int argc, char **argv) {
             if (o.max_frames > 0 && frames >= o.max_frames && (!o.click || click_done)) break;
             continue;
         }
-        struct jm_frame f;
-        if (op != JM_OP_BINARY || !jm_frame_parse(m.data, m.len, &f)) {
+        if (op != JM_OP_BINARY || on_binary(&o, r->fd, &m, &ds, &bytes) != 0) {
             fprintf(stderr, "jiomosa-client: not a frame message (%zu bytes)\n", m.len);
             status = EXIT_PROTO;
             break;
         }
         frames++;
-        bytes += f.jpeg_len;
-        uint64_t at = epoch_ms();
-        printf("frame seq=%u width=%u height=%u quality=%u bytes=%zu age_ms=%lld\n", f.seq,
-               f.width, f.height, f.quality, f.jpeg_len,
-               (long long)(at >= f.ts_ms ? at - f.ts_ms : 0));
-        fflush(stdout);
-        if (o.out_dir) save_frame(&o, &f);
-#ifdef JIOMOSA_SDL
-        display_frame(&f);
-#endif
         if (o.click && !click_id) {
             char msg[160];
             click_id = 1;
@@ -741,8 +910,15 @@ int main(int argc, char **argv) {
     display_close();
 #endif
     if (created && !o.keep && !server_closed) close_session(&o, id);
-    printf("done frames=%ld bytes=%llu seconds=%.2f peak_rss_kb=%ld\n", frames, bytes,
-           now_s() - started, peak_rss_kb());
+    printf("done frames=%ld bytes=%llu seconds=%.2f", frames, bytes, now_s() - started);
+#ifdef JIOMOSA_DELTA
+    if (o.delta)
+        printf(" deltas=%ld keys=%ld rejected=%ld ignored=%ld", ds.deltas, ds.keys, ds.rejected,
+               ds.ignored);
+    jm_image_reader_free(ds.rd);
+    jm_picture_free(&ds.pic);
+#endif
+    printf(" peak_rss_kb=%ld\n", peak_rss_kb());
     jm_ws_free(&ws);
     free(r);
     return status;

@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from jiomosa import metrics
-from jiomosa.appkeys import MANAGER, SETTINGS
+from jiomosa.appkeys import GUARD, MANAGER, SETTINGS
 from jiomosa.browser.egress import EgressProxy
 from jiomosa.browser.page import BrowserPage
 from jiomosa.core import dns, executors
+from jiomosa.core.guard import Guard
 from jiomosa.core.settings import Settings
 from jiomosa.core.types import BrowserEndpoint, Viewport
 from jiomosa.core.urlpolicy import UrlPolicy
@@ -83,10 +84,12 @@ def build_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     manager = make_manager(settings)
-    streams = StreamServer(settings, manager)
-    plain = PlainStreams(settings, manager)
+    guard = Guard(settings)  # the abuse limits (issue #13), shared by every transport
+    streams = StreamServer(settings, manager, guard)
+    plain = PlainStreams(settings, manager, guard)
     app[SETTINGS] = settings
     app[MANAGER] = manager
+    app[GUARD] = guard
     app[STREAMS] = streams
     app[PLAIN_STREAMS] = plain
     streams.attach(app)
@@ -176,9 +179,10 @@ def _cors(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = (
-                "Content-Type, If-None-Match, X-Share-Token")
+                "Content-Type, If-None-Match, X-Share-Token, Authorization, X-API-Key")
             response.headers["Access-Control-Expose-Headers"] = (
-                "ETag, X-Frame-Seq, X-Frame-Width, X-Frame-Height, X-Frame-Timestamp")
+                "ETag, X-Frame-Seq, X-Frame-Width, X-Frame-Height, X-Frame-Timestamp, "
+                "X-Frame-Quality, Retry-After")
         return response
 
     return cors

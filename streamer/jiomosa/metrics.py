@@ -57,8 +57,22 @@ CREATE_SECONDS = Histogram(
     "jiomosa_session_create_seconds", "Time to create a session (browser ready).",
     buckets=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8), registry=REGISTRY,
 )
+BROWSER_RESTART_SECONDS = Histogram(
+    "jiomosa_browser_restart_seconds",
+    "Time from a session's browser dying to its new browser streaming (crash recovery).",
+    buckets=(0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6), registry=REGISTRY,
+)
 ERRORS = Counter(
     "jiomosa_errors_total", "Errors answered to clients, by kind.", ["kind"], registry=REGISTRY
+)
+LIMITED = Counter(
+    "jiomosa_limited_total",
+    "Requests, connections and messages an abuse limit refused (or, frame_quality, served at "
+    "another quality), by limit.", ["limit"], registry=REGISTRY,
+)
+REENCODES = Counter(
+    "jiomosa_frame_reencodes_total", "JPEG re-encodes of frames to a lower quality.",
+    registry=REGISTRY,
 )
 
 

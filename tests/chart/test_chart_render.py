@@ -136,6 +136,14 @@ BAD_VALUES = [
     ("streamer.podDisruptionBudget.maxUnavailable=0", "maxUnavailable"),
     ("streamer.service.type=ExternalName", "streamer.service.type"),
     ("streamer.terminationGracePeriodSeconds=1", "streamer.terminationGracePeriodSeconds"),
+    ("streamer.limits.createBurst=0", "streamer.limits.createBurst"),
+    ("streamer.limits.frameQualities=90", "streamer.limits.frameQualities"),
+    ("streamer.limits.inputPerSecond=-1", "streamer.limits.inputPerSecond"),
+    ("streamer.limits.perAddress=1", "Additional property perAddress"),
+    ("streamer.trustedProxies[0]=the-ingress", "streamer.trustedProxies"),
+    ("streamer.apiKeys.existingSecretKey=a/b", "streamer.apiKeys.existingSecretKey"),
+    ("streamer.apiKeys.existingSecret=Not_A_Name", "streamer.apiKeys.existingSecret"),
+    ("streamer.env.JIOMOSA_API_KEYS=[]", "streamer.env"),  # keys belong in a Secret
     ("redis.enabled=false", "externalRedis"),
     ("externalRedis.url=http://redis", "externalRedis.url"),
     ("ingress.affinity=sticky", "ingress.affinity"),
@@ -524,6 +532,53 @@ def test_streamer_settings_of_every_variant_parse() -> None:
     many = container_env(one(rendered(CHART / "ci" / "namespaces-values.yaml"), "Deployment",
                              "jio-jiomosa-streamer"))
     assert many["JIOMOSA_LEASE_TTL"] == "5" and many["JIOMOSA_NAMESPACE"] == "jiomosa-sessions"
+
+
+def test_streamer_abuse_limits_and_api_keys(tmp_path: Path) -> None:
+    """The chart's limits are the streamer's defaults; every value reaches its JIOMOSA_*
+    setting; an API keys Secret is mounted as a directory (no subPath: the kubelet's updates
+    reach the file the streamer reads again) and JIOMOSA_API_KEYS_FILE points into it."""
+    from jiomosa.core.settings import Settings
+
+    dep = one(rendered(), "Deployment", "jio-jiomosa-streamer")
+    defaults = streamer_settings_of(container_env(dep))
+    plain = Settings()
+    for name in ("creates_per_minute", "create_burst", "sessions_per_address",
+                 "input_per_second", "input_burst", "frame_qualities", "connections_per_address",
+                 "connects_per_minute", "connect_burst", "messages_per_second", "message_burst",
+                 "flood_strikes", "rate_limit_keys", "trusted_proxies", "api_keys_file"):
+        assert getattr(defaults, name) == getattr(plain, name), name
+    assert not any(v["name"] == "api-keys" for v in dep["spec"]["template"]["spec"]["volumes"])
+
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"streamer": {
+        "trustedProxies": ["10.244.0.0/16", "fd00:10:244::/56"],
+        "apiKeys": {"existingSecret": "jiomosa-api-keys", "existingSecretKey": "api.json"},
+        "limits": {"createsPerMinute": 0.5, "createBurst": 2, "sessionsPerAddress": 0,
+                   "inputPerSecond": 30, "inputBurst": 60, "frameQualities": 2,
+                   "connectionsPerAddress": 8, "connectsPerMinute": 1000000, "connectBurst": 4,
+                   "messagesPerSecond": 50.5, "messageBurst": 100, "floodStrikes": 0,
+                   "rateLimitKeys": 2000000}}}))
+    dep = one(rendered(values), "Deployment", "jio-jiomosa-streamer")
+    pod = dep["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == "jiomosa-api-keys"
+    assert volume["secret"]["items"] == [{"key": "api.json", "path": "keys.json"}]
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-keys"]
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    env = container_env(dep)
+    assert env["JIOMOSA_API_KEYS_FILE"] == mount["mountPath"] + "/keys.json"
+    # What the kubelet would mount there: the streamer reads it at start.
+    keys = tmp_path / "keys.json"
+    keys.write_text('[{"name": "kiosk", "sha256": "' + "ab" * 32 + '"}]')
+    settings = streamer_settings_of({**env, "JIOMOSA_API_KEYS_FILE": str(keys)})
+    assert settings.trusted_proxies == ("10.244.0.0/16", "fd00:10:244::/56")
+    assert (settings.creates_per_minute, settings.create_burst, settings.sessions_per_address,
+            settings.input_per_second, settings.input_burst, settings.frame_qualities,
+            settings.connections_per_address, settings.connects_per_minute,
+            settings.connect_burst, settings.messages_per_second, settings.message_burst,
+            settings.flood_strikes, settings.rate_limit_keys) == (
+        0.5, 2, 0, 30.0, 60, 2, 8, 1e6, 4, 50.5, 100, 0, 2000000)
 
 
 # ----------------------------------------------------------------------------- redis

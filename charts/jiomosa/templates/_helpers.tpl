@@ -316,6 +316,12 @@ operator.env over them (so that a value there wins instead of duplicating a vari
 The streamer's environment as a YAML map (name: value), streamer.env over the chart's
 settings. JIOMOSA_REDIS_URL and JIOMOSA_STREAMER_ID are added by the Deployment.
 */}}
+{{/* Where the streamer sees its API keys' Secret (a directory mount: no subPath, so that
+     the kubelet's updates of the Secret reach the file). */}}
+{{- define "jiomosa.apiKeysDir" -}}
+/etc/jiomosa/api-keys
+{{- end }}
+
 {{- define "jiomosa.streamer.env" -}}
 {{- $s := .Values.streamer }}
 {{- if and (eq $s.backend "grid") (not $s.gridUrl) }}
@@ -334,9 +340,21 @@ settings. JIOMOSA_REDIS_URL and JIOMOSA_STREAMER_ID are added by the Deployment.
   "JIOMOSA_ALLOW_HOSTS" (include "jiomosa.csv" .Values.urlPolicy.allowHosts)
   "JIOMOSA_CORS_ORIGINS" (include "jiomosa.csv" $s.corsOrigins)
   "JIOMOSA_PUBLIC_URL" $s.publicUrl
+  "JIOMOSA_TRUSTED_PROXIES" (include "jiomosa.csv" $s.trustedProxies)
 }}
 {{- if eq $s.backend "grid" }}
 {{- $_ := set $env "JIOMOSA_GRID_URL" $s.gridUrl }}
+{{- end }}
+{{- /* The abuse limits: rates may be fractions, the rest whole numbers. */}}
+{{- $l := $s.limits }}
+{{- range $name, $var := dict "createsPerMinute" "JIOMOSA_CREATES_PER_MINUTE" "inputPerSecond" "JIOMOSA_INPUT_PER_SECOND" "connectsPerMinute" "JIOMOSA_CONNECTS_PER_MINUTE" "messagesPerSecond" "JIOMOSA_MESSAGES_PER_SECOND" }}
+{{- $_ := set $env $var (toString (index $l $name)) }}
+{{- end }}
+{{- range $name, $var := dict "createBurst" "JIOMOSA_CREATE_BURST" "sessionsPerAddress" "JIOMOSA_SESSIONS_PER_ADDRESS" "inputBurst" "JIOMOSA_INPUT_BURST" "frameQualities" "JIOMOSA_FRAME_QUALITIES" "connectionsPerAddress" "JIOMOSA_CONNECTIONS_PER_ADDRESS" "connectBurst" "JIOMOSA_CONNECT_BURST" "messageBurst" "JIOMOSA_MESSAGE_BURST" "floodStrikes" "JIOMOSA_FLOOD_STRIKES" "rateLimitKeys" "JIOMOSA_RATE_LIMIT_KEYS" }}
+{{- $_ := set $env $var (printf "%d" (int (index $l $name))) }}
+{{- end }}
+{{- if $s.apiKeys.existingSecret }}
+{{- $_ := set $env "JIOMOSA_API_KEYS_FILE" (printf "%s/keys.json" (include "jiomosa.apiKeysDir" .)) }}
 {{- end }}
 {{- toYaml (mergeOverwrite $env $s.env) }}
 {{- end }}

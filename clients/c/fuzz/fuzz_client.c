@@ -12,15 +12,30 @@
  * Each complete message goes where the client sends it: texts to the JSON lookups and the
  * escaping printer, binaries to the JMF parser, closes to the close-code printer.
  *
- * Beyond the sanitizers, CHECK() aborts when an invariant of the decoder breaks: a message
- * larger than the limit, a buffer larger than the limit, bytes consumed that were not given.
+ * Delta frames (jiomosa_delta.c), as a client with -d handles them: a JMF frame becomes the
+ * picture held (decoded when it is a real JPEG and the harness was built with DELTA=1;
+ * otherwise, so the fuzzer need not make a JPEG to get further, a generated picture of the
+ * frame's size, up to 256x256), and a JMD message is parsed and applied to it. Images in a
+ * JMD are decoded by the real libjpeg/libpng readers (DELTA=1 builds) unless they start with
+ * "RAW1": then u16 width, u16 height and the RGB rows follow (a stand-in codec that lets the
+ * fuzzer reach every drawing path).
+ *
+ * Beyond the sanitizers, CHECK() aborts when an invariant breaks: a message larger than the
+ * limit, a buffer larger than the limit, bytes consumed that were not given; a parsed JMD
+ * with a rectangle outside its picture; a rejected update that changed the picture; a failed
+ * one that left it valid; an applied one whose pixels differ from a naive re-implementation
+ * of the contract (checked when no two rectangles of an image overlap).
  * fuzz/seeds.py writes the seed corpus; mk/cfuzz.mk (`make fuzz-c`) runs it.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "jiomosa_delta.h"
 #include "jiomosa_proto.h"
+#ifdef JIOMOSA_DELTA
+#include "jiomosa_image.h"
+#endif
 
 #define CHECK(x)                                                                         \
     do {                                                                                 \
@@ -85,13 +100,241 @@ static void text_message(const struct jm_msg *m) {
     jm_print_text(sink(), m->data, m->len);
 }
 
+/* ------------------------------------------------------------------ delta frames */
+#define PATTERN 0        /* the reader's format for a generated picture */
+#define HARNESS_MAX 256  /* largest generated picture, each side */
+
+struct harness_reader {
+    struct jm_image_reader rd;
+    struct jm_image_reader *real; /* libjpeg/libpng (DELTA=1), or NULL */
+    int kind;                     /* 0 closed, 1 raw, 2 pattern, 3 real */
+    const uint8_t *data;
+    unsigned w, h, y;
+    uint32_t seed;
+};
+
+static struct harness_reader g_reader;
+static struct jm_picture g_pic;
+
+static int h_open(void *state, int format, const uint8_t *data, size_t len, unsigned *w,
+                  unsigned *h, char *why, size_t cap) {
+    struct harness_reader *r = state;
+    CHECK(r->kind == 0); /* jiomosa_delta.c closes every image it opened */
+    r->y = 0;
+    if (format == PATTERN) {
+        r->kind = 2;
+        *w = r->w;
+        *h = r->h;
+        return 0;
+    }
+    if (len >= 8 && memcmp(data, "RAW1", 4) == 0) {
+        unsigned rw = (unsigned)data[4] << 8 | data[5], rh = (unsigned)data[6] << 8 | data[7];
+        if ((uint64_t)rw * rh * 3 != len - 8) {
+            snprintf(why, cap, "RAW1 of %ux%u in %zu bytes", rw, rh, len);
+            return -1;
+        }
+        r->kind = 1;
+        r->data = data + 8;
+        r->w = *w = rw;
+        r->h = *h = rh;
+        return 0;
+    }
+    if (!r->real) {
+        snprintf(why, cap, "no real decoders in this build");
+        return -1;
+    }
+    if (r->real->open(r->real->state, format, data, len, w, h, why, cap) != 0) return -1;
+    r->kind = 3;
+    r->w = *w;
+    r->h = *h;
+    return 0;
+}
+
+static int h_row(void *state, uint8_t *row, char *why, size_t cap) {
+    struct harness_reader *r = state;
+    CHECK(r->kind != 0 && r->y < r->h); /* never a row past the image */
+    unsigned y = r->y++;
+    if (r->kind == 1) {
+        memcpy(row, r->data + (size_t)y * r->w * 3, (size_t)r->w * 3);
+    } else if (r->kind == 2) {
+        for (unsigned x = 0; x < r->w; x++) {
+            row[3 * x] = (uint8_t)(x * 7 + r->seed);
+            row[3 * x + 1] = (uint8_t)(y * 13);
+            row[3 * x + 2] = (uint8_t)(x ^ y);
+        }
+    } else if (r->real->read_row(r->real->state, row, why, cap) != 0) {
+        r->kind = 0; /* the real reader closed itself */
+        return -1;
+    }
+    touch(row, (size_t)r->w * 3);
+    return 0;
+}
+
+static void h_close(void *state) {
+    struct harness_reader *r = state;
+    if (r->kind == 3) r->real->close(r->real->state);
+    r->kind = 0;
+}
+
+static uint64_t hash(const uint8_t *p, size_t n) { /* FNV-1a */
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static int overlap(const struct jm_delta_rect *a, const struct jm_delta_rect *b) {
+    return a->x < b->x + b->w && b->x < a->x + a->w && a->y < b->y + b->h && b->y < a->y + a->h;
+}
+
+/* The contract (docs/protocol.md, delta frames), applied naively: whole images decoded, then
+ * drawn. 1 if `after` is what it gives from `before`, or if rectangles of one image overlap
+ * (their order is then up to the client); 0 if it differs. */
+static int reference_matches(const struct jm_delta *d, const uint8_t *before, const uint8_t *after) {
+    unsigned W = g_pic.width;
+    size_t size = (size_t)W * g_pic.height * 3;
+    uint8_t *ref = malloc(size ? size : 1);
+    CHECK(ref != NULL);
+    memcpy(ref, before, size);
+    for (unsigned i = 0; i < d->n_copies; i++) {
+        struct jm_delta_copy c;
+        jm_delta_copy_at(d, i, &c);
+        for (unsigned y = 0; y < c.h; y++)
+            memcpy(ref + ((size_t)((long)(c.sy + y) + c.dy) * W + (size_t)((long)c.sx + c.dx)) * 3,
+                   before + ((size_t)(c.sy + y) * W + c.sx) * 3, (size_t)c.w * 3);
+    }
+    int same = 1;
+    const uint8_t *pos = d->images;
+    for (unsigned i = 0; i < d->n_images && same; i++) {
+        struct jm_delta_image img;
+        jm_delta_image_at(&pos, &img);
+        unsigned n = img.n_rects, drawn = 0, rows = 0;
+        for (unsigned k = 0; k < n; k++) {
+            struct jm_delta_rect a, b;
+            jm_delta_rect_at(&img, k, &a);
+            drawn |= a.w && a.h;
+            if (a.w && a.h && a.ay + a.h > rows) rows = a.ay + a.h;
+            for (unsigned j = 0; j < k && n <= 64; j++) {
+                jm_delta_rect_at(&img, j, &b);
+                if (a.w && a.h && b.w && b.h && overlap(&a, &b)) n = 65; /* not comparable */
+            }
+        }
+        if (n > 64) {
+            free(ref);
+            return 1;
+        }
+        if (!drawn) continue;
+        unsigned iw, ih;
+        char why[128];
+        CHECK(g_reader.rd.open(g_reader.rd.state, img.format, img.data, img.len, &iw, &ih, why,
+                               sizeof why) == 0); /* it decoded in the client just now */
+        uint8_t *pixels = malloc((size_t)iw * ih * 3);
+        CHECK(pixels != NULL && rows <= ih);
+        /* Only the rows drawn from: the client does not decode further, so the data after
+         * them may be anything. */
+        for (unsigned y = 0; y < rows; y++)
+            CHECK(g_reader.rd.read_row(g_reader.rd.state, pixels + (size_t)y * iw * 3, why,
+                                       sizeof why) == 0);
+        g_reader.rd.close(g_reader.rd.state);
+        for (unsigned k = 0; k < img.n_rects; k++) {
+            struct jm_delta_rect r;
+            jm_delta_rect_at(&img, k, &r);
+            for (unsigned y = 0; y < r.h; y++)
+                memcpy(ref + ((size_t)(r.y + y) * W + r.x) * 3,
+                       pixels + ((size_t)(r.ay + y) * iw + r.ax) * 3, (size_t)r.w * 3);
+        }
+        free(pixels);
+    }
+    same = memcmp(ref, after, size) == 0;
+    free(ref);
+    return same;
+}
+
+static void key_frame(const struct jm_frame *f) {
+    char why[256];
+    int rc = jm_picture_load(&g_pic, &g_reader.rd, JM_IMG_JPEG, f->jpeg, f->jpeg_len, f->width,
+                             f->height, f->seq, why, sizeof why);
+    CHECK(g_reader.kind == 0);
+    if (rc == JM_DELTA_OK) {
+        CHECK(g_pic.valid && g_pic.seq == f->seq && g_pic.width == f->width);
+        return;
+    }
+    CHECK(why[0] != '\0');
+    if (rc == JM_DELTA_BROKEN) CHECK(!g_pic.valid);
+    if (f->width && f->height && f->width <= HARNESS_MAX && f->height <= HARNESS_MAX) {
+        g_reader.w = f->width; /* not a JPEG that decodes: a generated picture instead */
+        g_reader.h = f->height;
+        g_reader.seed = f->seq;
+        CHECK(jm_picture_load(&g_pic, &g_reader.rd, PATTERN, NULL, 0, f->width, f->height,
+                              f->seq, why, sizeof why) == JM_DELTA_OK);
+    }
+}
+
+static void delta_message(const struct jm_msg *m) {
+    struct jm_delta d;
+    char why[256];
+    why[0] = '\0';
+    if (jm_delta_parse(m->data, m->len, &d, why, sizeof why) != 0) {
+        CHECK(why[0] != '\0');
+        return;
+    }
+    uint64_t area = (uint64_t)d.width * d.height, copied = 0, drawn = 0;
+    CHECK(d.width && d.height && area <= JM_PICTURE_MAX_PIXELS);
+    for (unsigned i = 0; i < d.n_copies; i++) {
+        struct jm_delta_copy c;
+        jm_delta_copy_at(&d, i, &c);
+        CHECK(c.sx + c.w <= d.width && c.sy + c.h <= d.height);
+        CHECK((long)c.sx + c.dx >= 0 && (long)c.sx + c.dx + (long)c.w <= (long)d.width);
+        CHECK((long)c.sy + c.dy >= 0 && (long)c.sy + c.dy + (long)c.h <= (long)d.height);
+        copied += (uint64_t)c.w * c.h;
+    }
+    const uint8_t *pos = d.images;
+    for (unsigned i = 0; i < d.n_images; i++) {
+        struct jm_delta_image img;
+        jm_delta_image_at(&pos, &img);
+        CHECK(img.next <= d.end && img.data + img.len == img.next);
+        for (unsigned k = 0; k < img.n_rects; k++) {
+            struct jm_delta_rect r;
+            jm_delta_rect_at(&img, k, &r);
+            CHECK(r.x + r.w <= d.width && r.y + r.h <= d.height);
+            drawn += (uint64_t)r.w * r.h;
+        }
+        touch(img.data, img.len);
+    }
+    CHECK(pos == d.end && copied == d.copied_pixels && drawn == d.drawn_pixels);
+    CHECK(copied <= area && drawn <= area);
+    size_t size = g_pic.valid ? (size_t)g_pic.width * g_pic.height * 3 : 0;
+    uint8_t *before = malloc(size ? size : 1);
+    CHECK(before != NULL);
+    if (size) memcpy(before, g_pic.rgb, size);
+    uint64_t h0 = hash(before, size);
+    uint32_t seq0 = g_pic.seq;
+    int valid0 = g_pic.valid;
+    int rc = jm_delta_apply(&g_pic, &d, &g_reader.rd, why, sizeof why);
+    CHECK(g_reader.kind == 0);
+    if (rc == JM_DELTA_OK) {
+        CHECK(valid0 && g_pic.valid && g_pic.seq == d.seq);
+        CHECK(reference_matches(&d, before, g_pic.rgb));
+    } else if (rc == JM_DELTA_REJECTED) { /* the picture must be exactly as it was */
+        CHECK(why[0] != '\0' && g_pic.valid == valid0 && g_pic.seq == seq0);
+        CHECK(!valid0 || hash(g_pic.rgb, size) == h0);
+    } else {
+        CHECK(rc == JM_DELTA_BROKEN && !g_pic.valid && why[0] != '\0');
+    }
+    free(before);
+}
+
 static void binary_message(const struct jm_msg *m) {
     struct jm_frame f;
+    if (m->len >= 3 && memcmp(m->data, JM_DELTA_MAGIC, 3) == 0) {
+        delta_message(m);
+        return;
+    }
     if (!jm_frame_parse(m->data, m->len, &f)) return;
     CHECK(f.jpeg >= m->data + JM_FRAME_HEADER_MIN && f.jpeg_len >= 2);
     CHECK(f.jpeg + f.jpeg_len == m->data + m->len);
     CHECK(f.width <= 0xFFFF && f.height <= 0xFFFF && f.quality <= 0xFF);
     touch(f.jpeg, f.jpeg_len);
+    key_frame(&f);
 }
 
 static void close_message(const struct jm_msg *m) {
@@ -112,6 +355,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
          * the fuzzer need not find a SHA-1 preimage to reach the decoder. */
         data += head;
         size -= head;
+    }
+    if (!g_reader.rd.open) {
+        g_reader.rd = (struct jm_image_reader){h_open, h_row, h_close, &g_reader};
+#ifdef JIOMOSA_DELTA
+        g_reader.real = jm_image_reader_new();
+        CHECK(g_reader.real != NULL);
+#endif
     }
     struct jm_ws d;
     size_t limit = (size_t)(1 + (flags >> 1)) * 1024;
@@ -165,5 +415,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (failed) break;
     }
     jm_ws_free(&d);
+    jm_picture_free(&g_pic); /* each input is a connection of its own */
     return 0;
 }

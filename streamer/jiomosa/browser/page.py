@@ -39,8 +39,9 @@ class InputError(ClientError, ValueError):
 STALE_WINDOW = 2.0  # seconds after a viewport change in which wrong-sized frames are dropped
 FRAME_AFTER_LOAD_WAIT = 1.0  # seconds; a page that never paints does not hold a load forever
 
-FrameCallback = Callable[[bytes, int, int], object]
-"""Called with each screencast JPEG and its width and height in pixels."""
+FrameCallback = Callable[[bytes, int, int, dict[str, Any]], object]
+"""Called with each screencast JPEG, its width and height in pixels and Chrome's metadata of
+it (``Page.ScreencastFrameMetadata``: scroll offsets, page scale, device size)."""
 
 
 class BrowserPage:
@@ -62,6 +63,7 @@ class BrowserPage:
         self.viewport = viewport
         self._on_frame: FrameCallback | None = None
         self._on_gone: list[Callable[[str], None]] = []
+        self._on_info: list[Callable[[dict[str, Any]], None]] = []
         self._quality = 80
         self._screencasting = False
         self._load_waiters: list[asyncio.Future[None]] = []
@@ -110,6 +112,7 @@ class BrowserPage:
         conn.on("Target.detachedFromTarget", self._handle_detached)
         conn.on("Target.targetDestroyed", self._handle_destroyed)
         conn.on("Target.targetCreated", self._handle_target_created)
+        conn.on("Target.targetInfoChanged", self._handle_info_changed)
         conn.on_close(lambda: self._gone("browser connection closed"))
         # No downloads, browser-wide and before anything loads: a local browser would write
         # them to the streamer's disk ($HOME/Downloads), kept after the session and unbounded.
@@ -131,6 +134,12 @@ class BrowserPage:
     def on_gone(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` once when the page or browser disappears."""
         self._on_gone.append(callback)
+
+    def on_info(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``callback({title, url})`` whenever the page's title or URL changes (links,
+        scripts and forms too, not only ``navigate``): once the browser is dead, nobody can
+        ask it where it was."""
+        self._on_info.append(callback)
 
     # ----------------------------------------------------------------- viewport
     async def apply_viewport(self, viewport: Viewport) -> None:
@@ -240,7 +249,7 @@ class BrowserPage:
         self.last_frame_meta = meta
         self.last_frame_size = (width, height)
         if self._on_frame is not None:
-            self._on_frame(jpeg, width, height)
+            self._on_frame(jpeg, width, height, meta)
         waiters, self._frame_waiters = self._frame_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -416,6 +425,14 @@ class BrowserPage:
                 await self._conn.send("Page.navigate", {"url": url}, session_id=self._sid)
         except (CDPError, UrlRejected):
             pass
+
+    def _handle_info_changed(self, params: dict[str, Any]) -> None:
+        info = params.get("targetInfo", {})
+        if info.get("targetId") != self.target_id:
+            return
+        page = {"title": str(info.get("title", "")), "url": str(info.get("url", ""))}
+        for callback in self._on_info:
+            callback(page)
 
     def _handle_detached(self, params: dict[str, Any]) -> None:
         if params.get("sessionId") == self._sid:

@@ -42,6 +42,17 @@ class SessionError(ClientError):
     """A request about a session cannot be served (unknown, not ready, at capacity, ...)."""
 
 
+class SessionRestarting(SessionError):
+    """The session's browser died and a new one is starting: input and loads wait for it.
+    ``retry_after`` (whole seconds, as with every error that has one) becomes REST's
+    ``Retry-After``."""
+
+    status = 503
+
+    def __init__(self, message: str = "the browser is restarting") -> None:
+        super().__init__(message, retry_after=1)
+
+
 def client_error(exc: BaseException) -> ClientError | None:
     """The client-facing form of ``exc``, or None when it is a bug (answer 500, log it)."""
     return exc if isinstance(exc, ClientError) else None

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from jiomosa.core.apikeys import load_api_keys
+from jiomosa.core.limits import parse_networks
+
 Backend = Literal["local", "grid", "kubernetes"]
 StoreKind = Literal["memory", "redis"]
 FrameEncoding = Literal["binary", "base64"]
@@ -120,6 +123,16 @@ class Settings:
     browser_start_timeout: float = 60.0
     """``JIOMOSA_BROWSER_START_TIMEOUT``: seconds to wait for a browser to start."""
 
+    crash_restarts: int = 3
+    """``JIOMOSA_CRASH_RESTARTS``: times a session's browser is restarted after it dies
+    (crash, killed) within ``JIOMOSA_CRASH_WINDOW``: the session keeps its id, its clients
+    and its page. One crash more ends the session (``failed: the browser crashed N times in
+    M s``). 0 = never restart: a crash ends the session at once (``failed``)."""
+
+    crash_window: float = 60.0
+    """``JIOMOSA_CRASH_WINDOW``: seconds over which ``JIOMOSA_CRASH_RESTARTS`` counts a
+    session's crashes."""
+
     max_body_bytes: int = 64 * 1024
     """``JIOMOSA_MAX_BODY_BYTES``: largest accepted REST request body or Socket.IO message."""
 
@@ -131,6 +144,79 @@ class Settings:
 
     max_text_chars: int = 4096
     """``JIOMOSA_MAX_TEXT_CHARS``: longest text accepted by one text-input event."""
+
+    # Abuse limits (issue #13; docs/security.md "Abuse limits" says what each one answers).
+    api_keys: str = field(default="", repr=False)
+    """``JIOMOSA_API_KEYS``: API keys as inline JSON, a list of ``{name, key (32+ characters)
+    or sha256 (hex digest of the key), max_sessions, creates_per_minute, create_burst}``. When
+    this or ``JIOMOSA_API_KEYS_FILE`` is set, creating a session needs a key
+    (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; 401 without a valid one) and each
+    key's limits replace the per-address ones. Empty = anonymous creates, limited per address."""
+
+    api_keys_file: str = ""
+    """``JIOMOSA_API_KEYS_FILE``: a file holding the same JSON (the chart mounts a Secret
+    there); read again when it changes. Empty = none."""
+
+    trusted_proxies: tuple[str, ...] = ()
+    """``JIOMOSA_TRUSTED_PROXIES``: comma-separated CIDRs of proxies whose
+    ``X-Forwarded-For`` names the client (behind ingress-nginx: its pods' CIDR). Empty = the
+    TCP peer is the client and ``X-Forwarded-For`` is ignored."""
+
+    creates_per_minute: float = 10.0
+    """``JIOMOSA_CREATES_PER_MINUTE``: sessions one client address may create a minute,
+    anonymous creates only (a token bucket; 429 with ``Retry-After`` beyond). 0 = no limit."""
+
+    create_burst: int = 5
+    """``JIOMOSA_CREATE_BURST``: creates one client address may make in a row before
+    ``JIOMOSA_CREATES_PER_MINUTE`` applies."""
+
+    sessions_per_address: int = 3
+    """``JIOMOSA_SESSIONS_PER_ADDRESS``: live sessions one client address may hold on this
+    streamer, anonymous creates only (429 beyond). 0 = no quota beyond
+    ``JIOMOSA_MAX_SESSIONS``."""
+
+    input_per_second: float = 60.0
+    """``JIOMOSA_INPUT_PER_SECOND``: REST input requests (click, scroll, key, text) one session
+    takes a second (429 with ``Retry-After`` beyond). 0 = no limit."""
+
+    input_burst: int = 120
+    """``JIOMOSA_INPUT_BURST``: REST input requests one session takes in a row before
+    ``JIOMOSA_INPUT_PER_SECOND`` applies."""
+
+    frame_qualities: int = 4
+    """``JIOMOSA_FRAME_QUALITIES``: distinct qualities ``/frame?quality=`` re-encodes one
+    session's frames to within a second; a request for another quality gets the nearest one
+    already in use or encoded. 0 = no limit."""
+
+    connections_per_address: int = 32
+    """``JIOMOSA_CONNECTIONS_PER_ADDRESS``: Socket.IO and plain WebSocket connections one
+    client address may hold open at once (429 beyond). 0 = no limit."""
+
+    connects_per_minute: float = 60.0
+    """``JIOMOSA_CONNECTS_PER_MINUTE``: Socket.IO and plain WebSocket connections one client
+    address may open a minute (429 with ``Retry-After`` beyond). 0 = no limit."""
+
+    connect_burst: int = 20
+    """``JIOMOSA_CONNECT_BURST``: connections one client address may open in a row before
+    ``JIOMOSA_CONNECTS_PER_MINUTE`` applies."""
+
+    messages_per_second: float = 100.0
+    """``JIOMOSA_MESSAGES_PER_SECOND``: messages (events) one Socket.IO or plain WebSocket
+    connection may send a second; more are answered ``error {message, event, retry_after}``
+    and not handled. 0 = no limit."""
+
+    message_burst: int = 200
+    """``JIOMOSA_MESSAGE_BURST``: messages one connection may send in a row before
+    ``JIOMOSA_MESSAGES_PER_SECOND`` applies."""
+
+    flood_strikes: int = 50
+    """``JIOMOSA_FLOOD_STRIKES``: messages past its rate a connection may send (one more is
+    allowed each second) before it is closed for flooding. 0 = never closed for it."""
+
+    rate_limit_keys: int = 10000
+    """``JIOMOSA_RATE_LIMIT_KEYS``: client addresses (and sessions) each rate limit remembers
+    at most; past it the least recently seen is forgotten, so that a flood of addresses
+    cannot grow the streamer's memory."""
 
     cors_origins: str = "*"
     """``JIOMOSA_CORS_ORIGINS``: origins allowed to call the REST API and Socket.IO from a
@@ -213,6 +299,8 @@ class Settings:
             (self.max_body_bytes >= 1024, "JIOMOSA_MAX_BODY_BYTES must be >= 1024"),
             (self.max_queued_bytes >= 16384, "JIOMOSA_MAX_QUEUED_BYTES must be >= 16384"),
             (self.lease_ttl >= 1.5, "JIOMOSA_LEASE_TTL must be >= 1.5"),
+            (self.crash_restarts >= 0, "JIOMOSA_CRASH_RESTARTS must be >= 0"),
+            (self.crash_window > 0, "JIOMOSA_CRASH_WINDOW must be > 0"),
             (all(_is_dns_server(s) for s in self.dns_servers),
              "JIOMOSA_DNS_SERVERS must list IP addresses (ip, ip:port or [ipv6]:port)"),
             (self.dns_timeout > 0, "JIOMOSA_DNS_TIMEOUT must be > 0"),
@@ -221,10 +309,21 @@ class Settings:
             (self.dns_negative_ttl >= 0, "JIOMOSA_DNS_NEGATIVE_TTL must be >= 0"),
             (self.jpeg_threads >= 1, "JIOMOSA_JPEG_THREADS must be >= 1"),
             (self.browser_threads >= 0, "JIOMOSA_BROWSER_THREADS must be >= 0"),
+            *_limit_checks(self),
         ]
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"JIOMOSA_TRUSTED_PROXIES: {exc}") from None
+        try:  # read here, so that a bad key list stops the service at start
+            load_api_keys(self.api_keys, self.api_keys_file)
+        except ValueError as exc:
+            text = str(exc)
+            raise SettingsError(text if text.startswith("JIOMOSA_") else
+                                f"JIOMOSA_API_KEYS: {text}") from None
 
 
 # Fields whose variable name is not simply JIOMOSA_<FIELD>.
@@ -233,6 +332,27 @@ _VARS = {
     "chromedriver_path": "JIOMOSA_CHROMEDRIVER",
     "extra_chrome_args": "JIOMOSA_CHROME_ARGS",
 }
+
+
+def _limit_checks(s: Settings) -> list[tuple[bool, str]]:
+    """The abuse limits' entries of the validation table: rates are finite, bursts >= 1."""
+    rates = [(s.creates_per_minute, "JIOMOSA_CREATES_PER_MINUTE"),
+             (s.input_per_second, "JIOMOSA_INPUT_PER_SECOND"),
+             (s.connects_per_minute, "JIOMOSA_CONNECTS_PER_MINUTE"),
+             (s.messages_per_second, "JIOMOSA_MESSAGES_PER_SECOND")]
+    bursts = [(s.create_burst, "JIOMOSA_CREATE_BURST"), (s.input_burst, "JIOMOSA_INPUT_BURST"),
+              (s.connect_burst, "JIOMOSA_CONNECT_BURST"),
+              (s.message_burst, "JIOMOSA_MESSAGE_BURST")]
+    counts = [(s.sessions_per_address, "JIOMOSA_SESSIONS_PER_ADDRESS"),
+              (s.connections_per_address, "JIOMOSA_CONNECTIONS_PER_ADDRESS"),
+              (s.flood_strikes, "JIOMOSA_FLOOD_STRIKES")]
+    return [
+        *((0 <= rate <= 1e6, f"{var} must be 0-1000000 (0 = no limit)") for rate, var in rates),
+        *((burst >= 1, f"{var} must be >= 1") for burst, var in bursts),
+        *((count >= 0, f"{var} must be >= 0") for count, var in counts),
+        (0 <= s.frame_qualities <= 81, "JIOMOSA_FRAME_QUALITIES must be 0-81 (0 = no limit)"),
+        (s.rate_limit_keys >= 100, "JIOMOSA_RATE_LIMIT_KEYS must be >= 100"),
+    ]
 
 
 def _is_dns_server(entry: str) -> bool:

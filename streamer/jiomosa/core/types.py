@@ -85,6 +85,9 @@ class SessionState(enum.StrEnum):
 
     STARTING = "starting"
     READY = "ready"
+    RECOVERING = "recovering"
+    """Its browser died and a new one is being started under the same session: clients keep
+    their subscription, input waits (503) until it is ``ready`` again."""
     CLOSING = "closing"
     CLOSED = "closed"
     FAILED = "failed"
@@ -92,7 +95,7 @@ class SessionState(enum.StrEnum):
     @property
     def live(self) -> bool:
         """Counts against capacity."""
-        return self in (SessionState.STARTING, SessionState.READY)
+        return self in (SessionState.STARTING, SessionState.READY, SessionState.RECOVERING)
 
     @property
     def ended(self) -> bool:

@@ -268,10 +268,12 @@ class FleetManager(SessionManager):
     # =============================================================== moving sessions
     async def _adopt_orphans(self) -> None:
         """Take the ready sessions whose owner is gone; forget the ones it was starting (an
-        owner renews the leases of its starting sessions: no lease, no owner)."""
+        owner renews the leases of its starting sessions: no lease, no owner) or restarting
+        the crashed browser of (the record names no browser to re-attach to)."""
         records = [r for r in await self.store.all()
                    if r.session_id not in self.sessions
-                   and r.state in (SessionState.READY, SessionState.STARTING)]
+                   and r.state in (SessionState.READY, SessionState.STARTING,
+                                   SessionState.RECOVERING)]
         if not records:
             return
         owners = await self.store.lease_owners([r.session_id for r in records])
@@ -279,7 +281,8 @@ class FleetManager(SessionManager):
             if owners.get(record.session_id) is not None:
                 continue
             starting = record.state == SessionState.STARTING
-            if not starting and self.live_count() >= self.settings.max_sessions:
+            recovering = record.state == SessionState.RECOVERING
+            if not (starting or recovering) and self.live_count() >= self.settings.max_sessions:
                 continue
             if not await self.store.try_acquire(record.session_id, self.streamer_id,
                                                 self.settings.lease_ttl):
@@ -287,6 +290,12 @@ class FleetManager(SessionManager):
             if starting:
                 log.info("forgetting session %s: its owner died while starting it",
                          record.session_id)
+                await self._forgotten(record.session_id)
+            elif recovering:
+                log.info("ending session %s: its owner died while restarting its browser",
+                         record.session_id)
+                with contextlib.suppress(*STORE_ERRORS):
+                    await self.bus.publish(record.session_id, CLOSED + b"failed")
                 await self._forgotten(record.session_id)
             else:
                 await self._adopt(record)

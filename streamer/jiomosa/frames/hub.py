@@ -13,7 +13,7 @@ import base64
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +37,9 @@ class Frame:
     timestamp: float
     """Unix epoch seconds at which the frame reached the streamer."""
     received: float = field(default_factory=time.monotonic)
+    meta: Mapping[str, Any] | None = field(default=None, compare=False)
+    """Chrome's screencast metadata of the frame (scroll offsets, page scale), when known:
+    delta clients (``frames/delta.py``) take scrolls from it."""
 
 
 def reencode(jpeg: bytes, quality: int) -> bytes:
@@ -85,16 +88,19 @@ class FrameHub:
         self._variants: dict[tuple[int, str], asyncio.Future[bytes]] = {}
         self._new_frame = asyncio.Event()
         self.closed = False
+        self._new_source = False
         self.last_used = time.monotonic()
         """When a client last read from the hub (long-polls and snapshots count)."""
 
-    def publish(self, jpeg: bytes, width: int, height: int) -> Frame | None:
-        """Make a screencast JPEG the latest frame. A byte-identical repeat of the latest
-        (a repaint that changed nothing, a screencast restart) is dropped: None."""
-        if self.latest is not None and self.latest.jpeg == jpeg:
+    def publish(self, jpeg: bytes, width: int, height: int,
+                meta: Mapping[str, Any] | None = None) -> Frame | None:
+        """Make a screencast JPEG (and its metadata) the latest frame. A byte-identical repeat
+        of the latest (a repaint that changed nothing, a screencast restart) is dropped: None."""
+        if self.latest is not None and self.latest.jpeg == jpeg and not self._new_source:
             return None
+        self._new_source = False
         seq = max(self._seq_floor, self.latest.seq + 1 if self.latest else 1)
-        frame = Frame(seq, jpeg, width, height, self.source_quality, time.time())
+        frame = Frame(seq, jpeg, width, height, self.source_quality, time.time(), meta=meta)
         metrics.FRAMES_CAPTURED.inc()
         self.publish_frame(frame)
         return frame
@@ -103,6 +109,12 @@ class FrameHub:
         """Number the next frame ``seq`` or higher (a new owner continues above the old one's
         numbers, so that clients, which skip numbers they have seen, never stall)."""
         self._seq_floor = max(self._seq_floor, seq)
+
+    def new_source(self) -> None:
+        """Another browser feeds the hub from now on (a crashed one was replaced): its first
+        frame goes out even if it repeats the latest picture, so clients see the session live
+        again, numbered above the frames they have."""
+        self._new_source = True
 
     def publish_frame(self, frame: Frame) -> None:
         """Make ``frame`` the latest (also for frames relayed from another streamer)."""
@@ -164,6 +176,14 @@ class FrameHub:
                 del self._variants[key]
             raise
 
+    def encoded_qualities(self, frame: Frame) -> set[int]:
+        """The qualities ``frame`` can be served at (binary) without a new encode: Chrome's
+        own and the re-encodes made, or being made, of it."""
+        free = {frame.quality}
+        if frame is self.latest:
+            free.update(quality for quality, encoding in self._variants if encoding == "binary")
+        return free
+
     def add(self, sub: FrameSink) -> None:
         self.subscribers[sub.id] = sub
         sub.start()
@@ -182,8 +202,10 @@ class FrameHub:
 
 
 async def _variant(frame: Frame, quality: int, encoding: str) -> bytes:
-    data = frame.jpeg if quality >= frame.quality else await executors.run(
-        "jpeg", reencode, frame.jpeg, quality)
+    data = frame.jpeg
+    if quality < frame.quality:
+        metrics.REENCODES.inc()
+        data = await executors.run("jpeg", reencode, frame.jpeg, quality)
     if encoding == "base64":
         data = b"data:image/jpeg;base64," + base64.b64encode(data)
     return data

@@ -32,6 +32,12 @@ class BrowserLease:
         """The session saw user activity at ``at`` (Unix time); backends that reap idle
         browsers themselves (kubernetes) are told."""
 
+    @property
+    def replaceable(self) -> bool:
+        """When this browser dies, the session may get a new one from the provider (crash
+        recovery). False for a browser the backend only lends (a kubectl-made session)."""
+        return True
+
 
 class BrowserProvider(Protocol):
     """Hands out browsers for new sessions."""

@@ -143,6 +143,12 @@ class KubeLease(BrowserLease):
         if self.provider is not None:
             await self.provider.release(self)
 
+    @property
+    def replaceable(self) -> bool:
+        # A kubectl-made BrowserSession is its maker's: a new one of the streamer's would
+        # be another browser under a viewer's token, so its crash ends the viewing.
+        return self.owned is not False
+
     def note_activity(self, at: float) -> None:
         """The session saw user activity at ``at`` (Unix time): tell the operator, at most
         every ACTIVITY_INTERVAL seconds."""

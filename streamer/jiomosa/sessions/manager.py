@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from jiomosa import metrics
-from jiomosa.core.errors import SessionError
+from jiomosa.core.errors import ClientError, SessionError
+from jiomosa.core.limits import Quota
 from jiomosa.core.settings import Settings
 from jiomosa.core.tasks import TaskSet
 from jiomosa.core.types import BrowserEndpoint, BrowserStartError, SessionState, Viewport
@@ -37,6 +38,7 @@ from jiomosa.sessions.session import (
 log = logging.getLogger(__name__)
 
 FAILED_RETENTION = 60.0  # seconds a failed session stays visible before it is forgotten
+RESTORE_WAIT = 5.0  # seconds a restarted browser waits for its page's load event before streaming
 TICK = 1.0  # seconds between reaping sweeps (and, in a fleet, lease renewals)
 
 PageAttacher = Callable[[BrowserEndpoint, UrlPolicy, Viewport], Awaitable[Page]]
@@ -55,10 +57,16 @@ class SessionManager:
         self.streamer_id = streamer_id
         self.sessions: dict[str, LocalSession] = {}
         """Sessions this streamer drives (and failed ones it still shows)."""
+        self.quota_tags: dict[str, str] = {}
+        """Session id -> the quota it was created under (``Quota.tag``: an API key's name or
+        a client address), while this streamer holds the session."""
         self._closed_notifiers: list[Notifier] = []
         self._unshared_notifiers: list[Notifier] = []
+        self._state_notifiers: list[Notifier] = []
         self._tasks = TaskSet("sessions")
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping = False
+        """No more browser restarts: Ctrl-C kills the browsers with the streamer."""
 
     # =============================================================== registry hooks
     # The single-host registry is ``self.sessions``; a fleet also registers elsewhere.
@@ -95,9 +103,11 @@ class SessionManager:
 
     async def shutdown(self) -> None:
         """Graceful end (SIGTERM): close every session; their clients are told."""
+        self._stopping = True
         await self.close_all("server shutdown")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(BaseException):
@@ -118,6 +128,18 @@ class SessionManager:
         """Call ``notifier(session, "share revoked")`` when a share link of ``session`` was
         revoked: its viewers must stop seeing the session (``session.shares`` is the rest)."""
         self._unshared_notifiers.append(notifier)
+
+    def on_state(self, notifier: Notifier) -> None:
+        """Call ``notifier(session, state)`` when a live session changes state on its own:
+        ``recovering`` (its browser died and a new one is starting), ``ready`` (it is back)."""
+        self._state_notifiers.append(notifier)
+
+    async def notify_state(self, session: Session, state: str) -> None:
+        for notifier in self._state_notifiers:
+            try:
+                await notifier(session, state)
+            except Exception:
+                log.exception("state notifier failed")
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         self._tasks.spawn(_as_coroutine(coro), name)
@@ -189,9 +211,17 @@ class SessionManager:
     def live_count(self) -> int:
         return sum(1 for s in self.sessions.values() if s.state.live)
 
+    def quota_used(self, tag: str) -> int:
+        """Live sessions of this streamer created under the quota ``tag``."""
+        return sum(1 for sid, t in self.quota_tags.items() if t == tag and (
+            (s := self.sessions.get(sid)) is not None and s.state.live))
+
     # =============================================================== create / close
     async def create(self, session_id: str | None, viewport: Viewport,
-                     url: str | None) -> LocalSession:
+                     url: str | None, quota: Quota | None = None) -> LocalSession:
+        """A new session; ``quota``: whom it counts against (429 when they hold their
+        ``max_sessions``: checked and counted with capacity, so concurrent creates cannot
+        both pass)."""
         if session_id is None:
             session_id = secrets.token_urlsafe(24)  # 192 random bits
         elif not SESSION_ID_RE.match(session_id):
@@ -200,7 +230,7 @@ class SessionManager:
         if url is not None:
             await self.policy.check(url)
         started = time.perf_counter()
-        session = await self._reserve(session_id, viewport)
+        session = await self._reserve(session_id, viewport, quota)
         try:
             await self._open_browser(session)
             if url:
@@ -216,17 +246,29 @@ class SessionManager:
         session.log.info("session created in %.0f ms", (time.perf_counter() - started) * 1000)
         return session
 
-    async def _reserve(self, session_id: str, viewport: Viewport) -> LocalSession:
-        """A new session in ``starting``, counted against capacity and registered."""
+    async def _reserve(self, session_id: str, viewport: Viewport,
+                       quota: Quota | None = None) -> LocalSession:
+        """A new session in ``starting``, counted against capacity (and ``quota``) and
+        registered."""
         if session_id in self.sessions:
             metrics.SESSION_REJECTED.labels("duplicate").inc()
             raise SessionError("Session already exists", 400, session_id=session_id)
+        if quota is not None and quota.max_sessions and (
+                self.quota_used(quota.tag) >= quota.max_sessions):
+            metrics.SESSION_REJECTED.labels("quota").inc()
+            raise SessionError(f"{quota.label} already holds {quota.max_sessions} live "
+                               "sessions, its quota: close one first", 429,
+                               max_sessions=quota.max_sessions)
         if self.live_count() >= self.settings.max_sessions:
             metrics.SESSION_REJECTED.labels("capacity").inc()
             raise SessionError("Too many sessions: the server is at capacity", 503,
                                max_sessions=self.settings.max_sessions)
         session = LocalSession(session_id, viewport, self.settings, owner=self.streamer_id)
         self.sessions[session_id] = session
+        if quota is not None:
+            for stale in [sid for sid in self.quota_tags if sid not in self.sessions]:
+                del self.quota_tags[stale]  # gone another way (a failed one's retention)
+            self.quota_tags[session_id] = quota.tag
         try:
             claimed = await self._claim(session)
         except BaseException:
@@ -241,8 +283,14 @@ class SessionManager:
     def _drop(self, session: LocalSession) -> None:
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
+            self.quota_tags.pop(session.id, None)
 
     async def _open_browser(self, session: LocalSession) -> None:
+        page, lease = await self._start_page(session)
+        await self.wire(session, page, lease)
+
+    async def _start_page(self, session: LocalSession) -> tuple[Page, BrowserLease]:
+        """A browser from the provider, its page attached with the session's viewport."""
         vp = session.viewport
         last_error: Exception | None = None
         for _ in range(2):  # a pooled browser may have died: one retry with a fresh one
@@ -253,8 +301,7 @@ class SessionManager:
                 last_error = exc
                 await lease.release()
                 continue
-            await self.wire(session, page, lease)
-            return
+            return page, lease
         session.log.warning("browser attach failed: %s", last_error)
         raise BrowserStartError("the browser could not be attached")
 
@@ -265,7 +312,7 @@ class SessionManager:
             await lease.release()
             raise SessionError("the session was closed while starting", 409)
         session.lease = lease
-        session.bind(page, lambda reason: self._on_page_gone(session, reason))
+        session.bind(page, lambda reason: self._on_page_gone(session, page, reason))
         session.state = SessionState.READY
         await page.start_screencast(self.settings.default_quality)
 
@@ -346,25 +393,93 @@ class SessionManager:
         """Detach from the session's page; quit its browser too unless it lives on."""
         page, lease = session.page, session.lease
         session.page = session.lease = None
-        if page is not None:
-            metrics.BLOCKED_REQUESTS.inc(page.blocked_requests)
-            with contextlib.suppress(Exception):
-                await page.close()
-        if lease is not None and quit_browser:
-            with contextlib.suppress(Exception):
-                await lease.release()
+        await _let_go(page, lease, quit_browser)
 
     # =============================================================== failures
-    def _on_page_gone(self, session: LocalSession, reason: str) -> None:
-        if session.state.ended:
-            return
+    def _on_page_gone(self, session: LocalSession, page: Page, reason: str) -> None:
+        if session.page is not page or session.state.ended:
+            return  # a page the session already let go of, or a session on its way out
         session.log.warning("browser gone: %s", reason)
-        session.state = SessionState.FAILED
-        session.error = f"browser {reason}"
-        self.spawn(self._fail(session), f"fail-{session.id}")
+        lease = session.lease
+        # Not replaced while the streamer stops, nor when the backend only lent it to us (a
+        # kubectl-made BrowserSession): the old end.
+        ended = "failed"
+        if not self._stopping and (lease is None or lease.replaceable):
+            ended = session.crashes.note(time.monotonic(), self.settings.crash_restarts,
+                                         self.settings.crash_window) or ""
+        if ended:
+            session.state = SessionState.FAILED
+            detail = ended.removeprefix("failed").removeprefix(": ")
+            session.error = f"browser {reason}" + (f" ({detail})" if detail else "")
+            self.spawn(self._fail(session, ended), f"fail-{session.id}")
+            return
+        # Detached at once: whatever the dead page still reports is no longer the session's.
+        session.state = SessionState.RECOVERING
+        session.page = session.lease = None
+        self.spawn(_let_go(page, lease, quit_browser=True), f"quit-dead-{session.id}")
+        self.spawn(self._recover(session, reason), f"recover-{session.id}")
 
-    async def _fail(self, session: LocalSession) -> None:
-        await self.notify_closed(session, "failed")
+    async def _recover(self, session: LocalSession, reason: str) -> None:
+        """Give a session whose browser died a new one from the same provider, like a fleet
+        failover: same id, same hub (its clients keep their sockets and frame numbers go on),
+        same viewport and quality, and the page it last showed. Input meanwhile answers 503.
+        When no browser can be had, the session ends."""
+        if session.state != SessionState.RECOVERING:
+            return  # closed meanwhile (a crash while it was being created, say)
+        # Told while the new browser starts: a client slow to take the notice delays nothing.
+        telling = asyncio.ensure_future(self.notify_state(session, SessionState.RECOVERING))
+        try:
+            await self._saved(session)
+            await self._restart(session, telling)
+        except Exception as exc:
+            if session.state != SessionState.RECOVERING:
+                return
+            if isinstance(exc, ClientError):
+                session.log.warning("the browser could not be restarted: %s", exc)
+            else:
+                session.log.exception("the browser could not be restarted")
+            session.state = SessionState.FAILED
+            session.error = f"browser {reason}; the browser could not be restarted"
+            await telling  # "recovering" reaches a client before "session:closed"
+            await self._fail(session, "failed: the browser could not be restarted")
+
+    async def _restart(self, session: LocalSession, telling: Awaitable[None]) -> None:
+        page, lease = await self._start_page(session)
+        if session.state != SessionState.RECOVERING or session.page is not None:
+            await _let_go(page, lease, quit_browser=True)  # closed meanwhile
+            return
+        session.lease = lease
+        session.bind(page, lambda why: self._on_page_gone(session, page, why))
+        session.hub.new_source()
+        if session.restore_url:
+            # Streaming starts after the load (or RESTORE_WAIT): no blank page in between.
+            timeout = min(self.settings.navigation_timeout, RESTORE_WAIT)
+            try:
+                session.page_info = await page.navigate(session.restore_url, timeout)
+            except ClientError as exc:  # a site down or now refused: the browser still works
+                session.log.warning("could not reopen %s: %s", session.restore_url, exc)
+        try:
+            if session.page is page and session.state == SessionState.RECOVERING:
+                await page.start_screencast(session.hub.source_quality)
+        except ClientError as exc:  # counts as one more crash: restarted again, or the end
+            session.log.warning("the restarted browser does not stream: %s", exc)
+            self._on_page_gone(session, page, "did not stream after a restart")
+            return
+        # Closed meanwhile (its new page went with it), or the new browser died as well (a
+        # later recovery has it now): nothing more to do here.
+        if session.page is not page or session.state != SessionState.RECOVERING:
+            return
+        session.state = SessionState.READY
+        elapsed = time.monotonic() - session.crashes.times[-1]  # since the browser died
+        metrics.BROWSER_RESTART_SECONDS.observe(elapsed)
+        session.log.info("browser restarted %.0f ms after it died", elapsed * 1000)
+        await telling  # "recovering" reaches a client before "ready"
+        await self.notify_state(session, SessionState.READY)
+        if session.state == SessionState.READY:
+            await self._saved(session)
+
+    async def _fail(self, session: LocalSession, reason: str = "failed") -> None:
+        await self.notify_closed(session, reason)
         await session.hub.close()
         await self.release(session, quit_browser=True)
         await self._saved(session)
@@ -387,7 +502,8 @@ class SessionManager:
     def _reap(self) -> None:
         now = time.time()
         for session in list(self.sessions.values()):
-            if session.state != SessionState.READY:
+            # A recovering session's clocks run on: a crash is no reason to live longer.
+            if session.state not in (SessionState.READY, SessionState.RECOVERING):
                 continue
             if session.hub.subscribers:
                 session.touch()  # a watched session is not idle
@@ -418,6 +534,17 @@ class SessionManager:
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+async def _let_go(page: Page | None, lease: BrowserLease | None, quit_browser: bool) -> None:
+    """Disconnect from a page; quit its browser too when asked (errors: it is gone already)."""
+    if page is not None:
+        metrics.BLOCKED_REQUESTS.inc(page.blocked_requests)
+        with contextlib.suppress(Exception):
+            await page.close()
+    if lease is not None and quit_browser:
+        with contextlib.suppress(Exception):
+            await lease.release()
 
 
 def _reason_label(reason: str) -> str:

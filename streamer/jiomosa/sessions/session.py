@@ -12,15 +12,17 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jiomosa import metrics
-from jiomosa.core.errors import SessionError
+from jiomosa.core.errors import SessionError, SessionRestarting
 from jiomosa.core.inputs import InputTarget, parse_input
 from jiomosa.core.settings import Settings
 from jiomosa.core.types import SessionState, Viewport
@@ -32,6 +34,30 @@ log = logging.getLogger(__name__)
 SESSION_ID_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.:-]{1,128}$")
 SHARE_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 MAX_SHARES = 16  # live share links per session
+RESTORABLE_URL_RE = re.compile(r"^https?://", re.IGNORECASE)
+"""Pages a restarted browser reopens: an error page (``chrome-error://``) or ``about:blank``
+is not worth reopening, the last real page before it is."""
+
+
+@dataclass
+class CrashLog:
+    """A session's recent browser crashes: tells a one-off from a crash loop."""
+
+    times: deque[float] = field(default_factory=deque)
+
+    def note(self, now: float, restarts: int, window: float) -> str | None:
+        """Count a crash at ``now``. None: restart the browser; else the reason the session
+        ends with (``failed`` first, which old clients match): more than ``restarts`` crashes
+        within ``window`` seconds, or restarts are off (0)."""
+        while self.times and now - self.times[0] > window:
+            self.times.popleft()
+        self.times.append(now)
+        if restarts <= 0:
+            return "failed"
+        if len(self.times) <= restarts:
+            return None
+        span = max(1, math.ceil(now - self.times[0]))
+        return f"failed: the browser crashed {len(self.times)} times in {span} s"
 
 
 @dataclass(frozen=True)
@@ -75,9 +101,12 @@ class Page(InputTarget, Protocol):
     log: logging.LoggerAdapter[logging.Logger]
     blocked_requests: int
 
-    def set_frame_callback(self, callback: Callable[[bytes, int, int], object] | None) -> None: ...
+    def set_frame_callback(
+        self, callback: Callable[[bytes, int, int, dict[str, Any]], object] | None) -> None: ...
 
     def on_gone(self, callback: Callable[[str], None]) -> None: ...
+
+    def on_info(self, callback: Callable[[dict[str, Any]], None]) -> None: ...
 
     async def start_screencast(self, quality: int) -> None: ...
 
@@ -182,9 +211,11 @@ class Session(abc.ABC):
 
     # --------------------------------------------------------------- views (written once)
     def ensure_ready(self) -> None:
+        """Refuse a session that cannot be streamed. A recovering one can: its clients keep
+        (or take) their subscription and get frames again once its new browser is up."""
         if self.state == SessionState.FAILED:
             raise SessionError(f"session failed: {self.error}", 409)
-        if self.state != SessionState.READY:
+        if self.state not in (SessionState.READY, SessionState.RECOVERING):
             raise SessionError("session is not ready", 409)
 
     def page_info_view(self) -> dict[str, Any]:
@@ -266,6 +297,8 @@ class LocalSession(Session):
         self._source_quality = settings.default_quality
         self._input_lock = asyncio.Lock()
         self._shares: dict[str, Share] = {}
+        self._restore_url = ""
+        self.crashes = CrashLog()
 
     # --------------------------------------------------------------- state
     @property
@@ -307,6 +340,14 @@ class LocalSession(Session):
     @page_info.setter
     def page_info(self, value: dict[str, Any]) -> None:
         self._page_info = value
+        if RESTORABLE_URL_RE.match(str(value.get("url", ""))):
+            self._restore_url = str(value["url"])
+
+    @property
+    def restore_url(self) -> str:
+        """The last web page the session showed ('' if none): what a restarted browser
+        reopens."""
+        return self._restore_url
 
     @property
     def viewport_dict(self) -> dict[str, Any]:
@@ -334,8 +375,15 @@ class LocalSession(Session):
         page.log = self.log
         page.set_frame_callback(self._hub.publish)
         page.on_gone(on_gone)
+        page.on_info(self._page_changed)
+
+    def _page_changed(self, info: dict[str, Any]) -> None:
+        if self.page is not None:  # a released page's late news is not the session's
+            self.page_info = info
 
     def require_page(self) -> Page:
+        if self._state == SessionState.RECOVERING:
+            raise SessionRestarting()
         self.ensure_ready()
         if self.page is None:
             raise SessionError("session is not ready", 409)
@@ -354,7 +402,7 @@ class LocalSession(Session):
     async def load(self, url: str, timeout: float | None = None) -> dict[str, Any]:
         page = self.require_page()
         self.touch()
-        self._page_info = await page.navigate(url, timeout or self.settings.navigation_timeout)
+        self.page_info = await page.navigate(url, timeout or self.settings.navigation_timeout)
         self.touch()
         return self.page_info_view()
 
@@ -388,17 +436,18 @@ class LocalSession(Session):
 
     async def set_source_quality(self, quality: int) -> None:
         """Chrome encodes at the best quality any client asked for; others get re-encodes."""
-        if (quality == self._source_quality or self.page is None
-                or self._state != SessionState.READY):
+        if quality == self._source_quality or self._state not in (
+                SessionState.READY, SessionState.RECOVERING):
             return
         self._source_quality = quality
-        self._hub.source_quality = quality
-        await self.page.start_screencast(quality)
+        self._hub.source_quality = quality  # a restarted browser starts at it too
+        if self.page is not None and self._state == SessionState.READY:
+            await self.page.start_screencast(quality)
 
     async def _refresh(self) -> None:
         if self.page is not None:
             with contextlib.suppress(Exception):
-                self._page_info = await self.page.page_info()
+                self.page_info = await self.page.page_info()
 
 
 Notifier = Callable[[Session, str], Awaitable[None]]

@@ -306,7 +306,8 @@
     var t = {  // live figures, also read by the browser tests
       sid: null, frames: 0, drawn: 0, dropped: 0, bytes: 0, seq: 0, drawnSeq: 0,
       connected: false, subscribed: false, connects: 0, disconnects: 0,
-      fps: 0, kbps: 0, rtt: null, quality: null, acks: 0, errors: []
+      fps: 0, kbps: 0, rtt: null, quality: null, acks: 0, errors: [],
+      delta: false, keyFrames: 0, updates: 0, keyRequests: 0
     };
     window.jiomosa = t;
 
@@ -376,6 +377,7 @@
         banner('');
       });
       socket.on('frame', onFrame);
+      socket.on('frame:delta', onDelta);
       socket.on('input:acknowledged', function () {
         var sent = inflight.shift();
         if (sent) t.rtt = now() - sent;
@@ -424,6 +426,7 @@
       t.connected = t.subscribed = false;
       inflight = [];
       pending = null;
+      deltaQueue = [];
       banner('');
     }
 
@@ -432,6 +435,14 @@
       var payload = shared ? {share: shared.token} : {session_id: state.sid};
       if (prefs.quality !== 'auto') payload.quality = +prefs.quality;
       if (+prefs.fps !== 60) payload.fps = +prefs.fps;
+      if (DELTA) {  // only what changed, after a key frame (docs/protocol.md, Delta frames)
+        payload.delta = true;
+        payload.formats = WEBP ? ['jpeg', 'png', 'webp'] : ['jpeg', 'png'];
+      }
+      deltaQueue = [];
+      heldSeq = 0;
+      waitingKey = true;
+      t.delta = DELTA;
       socket.emit('subscribe', payload);
     }
 
@@ -485,6 +496,7 @@
     // -------------------------------------------------------------- frames
     function onFrame(f) {
       if (!f || f.session_id !== (shared ? shared.id : state.sid) || !f.image) return;
+      if (f.key) { onKeyFrame(f); return; }
       var img = f.image;
       t.frames++;
       t.bytes += typeof img === 'string' ? img.length : (img.byteLength || img.size || 0);
@@ -522,6 +534,137 @@
       im2.onload = function () { URL.revokeObjectURL(url); drawn(im2); };
       im2.onerror = function () { URL.revokeObjectURL(url); finish(); };
       im2.src = url;
+    }
+
+    // -------------------------------------------------------------- delta frames
+    // A key frame, then updates: copies of moved regions (taken from a snapshot of the
+    // picture before the update, so that overlapping copies are safe) and rectangles of
+    // images. Updates apply in order, each to the picture of its base_seq; one that does not
+    // fit asks for a key frame and everything until it comes is dropped.
+    var DELTA = !!(window.createImageBitmap && window.Promise && window.Blob);
+    var WEBP = (function () {
+      try {
+        var c = document.createElement('canvas');
+        c.width = c.height = 1;
+        return c.toDataURL('image/webp').indexOf('data:image/webp') === 0;
+      } catch (e) { return false; }
+    })();
+    var MIME = {jpeg: 'image/jpeg', png: 'image/png', webp: 'image/webp'};
+    var deltaQueue = [], deltaBusy = false, heldSeq = 0, waitingKey = true, snapshot = null;
+
+    function onKeyFrame(f) {
+      t.frames++;
+      t.bytes += f.image.byteLength || 0;
+      t.seq = f.seq;
+      deltaQueue = [{key: f}];  // a key frame makes everything before it moot
+      runDelta();
+    }
+
+    function onDelta(d) {
+      if (!d || d.session_id !== (shared ? shared.id : state.sid)) return;
+      t.frames++;
+      for (var i = 0; i < (d.images || []).length; i++) {
+        t.bytes += (d.images[i].data && d.images[i].data.byteLength) || 0;
+      }
+      t.seq = d.seq;
+      if (waitingKey) { t.dropped++; return; }
+      deltaQueue.push({delta: d});
+      runDelta();
+    }
+
+    function needKey() {
+      deltaQueue = [];
+      if (waitingKey) return;
+      waitingKey = true;
+      t.keyRequests++;
+      if (socket) socket.emit('frame:key');
+    }
+
+    function runDelta() {
+      if (deltaBusy || !deltaQueue.length) return;
+      var item = deltaQueue.shift();
+      deltaBusy = true;
+      function done() { deltaBusy = false; runDelta(); }
+      if (item.key) {
+        var f = item.key;
+        window.createImageBitmap(new Blob([f.image], {type: 'image/jpeg'})).then(function (bm) {
+          try {
+            draw(f, bm);
+            heldSeq = f.seq;
+            waitingKey = false;
+            t.keyFrames++;
+          } finally {
+            if (bm.close) bm.close();
+            done();
+          }
+        }, function () { needKey(); done(); });
+        return;
+      }
+      var d = item.delta;
+      if (waitingKey) { done(); return; }
+      if (d.base_seq !== heldSeq || d.width !== frameW || d.height !== frameH) {
+        needKey();
+        done();
+        return;
+      }
+      var images = d.images || [];
+      Promise.all(images.map(function (im) {
+        return window.createImageBitmap(new Blob([im.data], {type: MIME[im.format]}));
+      })).then(function (bitmaps) {
+        try {
+          if (applyDelta(d, bitmaps)) {
+            heldSeq = d.seq;
+            t.updates++;
+            t.drawn++;
+            t.drawnSeq = d.seq;
+          } else {
+            needKey();
+          }
+        } finally {
+          each(bitmaps, function (bm) { if (bm.close) bm.close(); });
+          done();
+        }
+      }, function () { needKey(); done(); });
+    }
+
+    function inside(x, y, w, h, W, H) {
+      return x >= 0 && y >= 0 && w > 0 && h > 0 && x + w <= W && y + h <= H;
+    }
+
+    // Checks every rectangle before drawing anything: a bad update changes nothing.
+    function applyDelta(d, bitmaps) {
+      var copies = d.copies || [], i, j;
+      for (i = 0; i < copies.length; i++) {
+        var c = copies[i];
+        if (!inside(c[0], c[1], c[2], c[3], frameW, frameH) ||
+            !inside(c[0] + c[4], c[1] + c[5], c[2], c[3], frameW, frameH)) return false;
+      }
+      for (i = 0; i < bitmaps.length; i++) {
+        for (j = 0; j < d.images[i].rects.length; j++) {
+          var r = d.images[i].rects[j];
+          if (!inside(r[0], r[1], r[2], r[3], frameW, frameH) ||
+              !inside(r[4], r[5], r[2], r[3], bitmaps[i].width, bitmaps[i].height)) return false;
+        }
+      }
+      if (copies.length) {
+        snapshot = snapshot || document.createElement('canvas');
+        if (snapshot.width !== frameW || snapshot.height !== frameH) {
+          snapshot.width = frameW;
+          snapshot.height = frameH;
+        }
+        snapshot.getContext('2d').drawImage(canvas, 0, 0);
+        for (i = 0; i < copies.length; i++) {
+          c = copies[i];
+          ctx.drawImage(snapshot, c[0], c[1], c[2], c[3], c[0] + c[4], c[1] + c[5], c[2], c[3]);
+        }
+      }
+      for (i = 0; i < bitmaps.length; i++) {
+        for (j = 0; j < d.images[i].rects.length; j++) {
+          r = d.images[i].rects[j];
+          ctx.drawImage(bitmaps[i], r[4], r[5], r[2], r[3], r[0], r[1], r[2], r[3]);
+        }
+      }
+      return true;
     }
 
     function draw(f, source) {

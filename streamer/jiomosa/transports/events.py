@@ -21,8 +21,11 @@ from typing import Any, Protocol
 
 from jiomosa.core import validation as v
 from jiomosa.core.errors import SessionError, status_of
+from jiomosa.core.guard import Guard
+from jiomosa.core.limits import MessageLimit
 from jiomosa.core.settings import Settings
 from jiomosa.core.types import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY
+from jiomosa.frames.deltasub import DeltaOptions, DeltaSubscriber, DeltaTransport, delta_options
 from jiomosa.frames.pacer import Subscriber, Transport
 from jiomosa.sessions.session import Session, Share
 
@@ -70,6 +73,8 @@ class StreamOptions:
     fps: int
     quality: int | None
     encoding: str = "binary"
+    delta: DeltaOptions | None = None
+    """Delta frames (docs/protocol.md), or None: full frames."""
 
 
 def stream_options(payload: dict[str, Any], settings: Settings,
@@ -81,7 +86,12 @@ def stream_options(payload: dict[str, Any], settings: Settings,
     encoding = payload.get("encoding", default_encoding)
     if encoding not in ("binary", "base64"):
         raise v.BadRequest("encoding must be binary or base64")
-    return StreamOptions(fps, quality, str(encoding))
+    delta = delta_options(payload)
+    if delta is not None:
+        if payload.get("encoding", "binary") != "binary":
+            raise v.BadRequest("delta frames are binary: leave encoding out")
+        encoding = "binary"
+    return StreamOptions(fps, quality, str(encoding), delta)
 
 
 def shown_id(ch: ClientChannel, session_id: str) -> str:
@@ -105,9 +115,18 @@ async def subscribe(ch: ClientChannel, session: Session, options: StreamOptions,
             await ch.send("quality:updated", {"quality": sub.quality, "adaptive_mode": True,
                                               "reason": reason}, reply=False)
 
-    sub = Subscriber(ch.id, session.hub, ch.transport, options.fps,
-                     min(start, session.hub.source_quality), options.quality is None,
-                     options.encoding, quality_changed)
+    sub: Subscriber
+    if options.delta is not None:
+        if not hasattr(ch.transport, "send_delta"):
+            raise v.BadRequest("this transport cannot carry delta frames")
+        transport: DeltaTransport = ch.transport  # type: ignore[assignment]
+        sub = DeltaSubscriber(ch.id, session.hub, transport, options.fps,
+                              min(start, session.hub.source_quality), options.quality is None,
+                              options.delta.formats, options.delta.tile, quality_changed)
+    else:
+        sub = Subscriber(ch.id, session.hub, ch.transport, options.fps,
+                         min(start, session.hub.source_quality), options.quality is None,
+                         options.encoding, quality_changed)
     # Known to the channel before the answers go out: a close meanwhile reaches the client.
     ch.sub, ch.subscribed_to, ch.grant = sub, session, grant
     shown = shown_id(ch, session.id)
@@ -119,6 +138,7 @@ async def subscribe(ch: ClientChannel, session: Session, options: StreamOptions,
     await ch.send("subscribe:response", {
         "session_id": shown, "fps": sub.fps, "quality": sub.quality,
         "adaptive_mode": sub.adaptive, "encoding": sub.encoding, **shared,
+        **(options.delta.describe() if options.delta else {"delta": False}),
         **ch.subscribe_extra})
     await ch.send("subscribed", {"session_id": shown,
                                  "message": f"Subscribed to session {shown}"})
@@ -154,6 +174,17 @@ async def session_closed(ch: ClientChannel, session: Session, reason: str) -> bo
     if sub is not None:
         await sub.stop()
     await ch.send("session:closed", {"session_id": shown_id(ch, session.id), "reason": reason},
+                  reply=False)
+    return True
+
+
+async def session_state(ch: ClientChannel, session: Session, state: str) -> bool:
+    """Tell the channel its session's new state (``recovering``: the browser is restarting,
+    frames pause and input answers an error; ``ready``: back); False if not its session.
+    The subscription stays as it is: frames go on from the same hub."""
+    if ch.subscribed_to is None or ch.subscribed_to.id != session.id:
+        return False
+    await ch.send("session:state", {"session_id": shown_id(ch, session.id), "state": state},
                   reply=False)
     return True
 
@@ -239,6 +270,14 @@ async def _ping(ch: ClientChannel, data: Any) -> None:
     await ch.send("pong", pong(ch, data))
 
 
+async def _frame_key(ch: ClientChannel, _data: Any) -> None:
+    """A delta client lost track of its picture: its next update is a key frame."""
+    sub, _ = subscription(ch)
+    if not isinstance(sub, DeltaSubscriber):
+        raise v.BadRequest("frame:key is for delta subscriptions (subscribe with delta: true)")
+    sub.request_key()
+
+
 Handler = Callable[[ClientChannel, Any], Awaitable[None]]
 
 EVENTS: dict[str, Handler] = {
@@ -252,6 +291,7 @@ EVENTS: dict[str, Handler] = {
     "fps:set": _fps_set,
     "adaptive:toggle": _adaptive_toggle,
     "ping": _ping,
+    "frame:key": _frame_key,
 }
 """Every event a client may send, with its handler."""
 
@@ -264,7 +304,31 @@ async def dispatch(ch: ClientChannel, event: str, data: Any) -> None:
             raise v.BadRequest(f"unknown event {event[:64]!r}; known: {', '.join(EVENTS)}")
         await handler(ch, data)
     except Exception as exc:
-        status, message, _ = status_of(exc)
+        status, message, extra = status_of(exc)
         if status == 500:
             log.exception("event %s failed", event[:64])
-        await ch.send("error", {"message": message, "event": event[:64]})
+        answer: dict[str, Any] = {"message": message, "event": event[:64]}
+        if "retry_after" in extra:  # as REST's Retry-After: when to try again (seconds)
+            answer["retry_after"] = extra["retry_after"]
+        await ch.send("error", answer)
+
+
+class Flooding(Exception):
+    """A connection keeps sending past its message rate after being told: close it."""
+
+
+async def refused(ch: ClientChannel, guard: Guard, limit: MessageLimit | None,
+                  event: str | None) -> bool:
+    """Count one incoming message against the connection's ``limit``. True: it is refused
+    and the client was told (``error {message, event, retry_after}``); False: handle it.
+    Raises ``Flooding`` once the connection has used up its strikes."""
+    wait, flooding = guard.check_message(limit)
+    if not wait:
+        return False
+    if flooding:
+        raise Flooding(f"more than {ch.settings.flood_strikes} messages past its rate")
+    answer: dict[str, Any] = guard.message_refused(wait)
+    if event is not None:
+        answer["event"] = event[:64]
+    await ch.send("error", answer)
+    return True

@@ -26,9 +26,12 @@ from aiohttp import WSMsgType, web
 
 from jiomosa.core import validation as v
 from jiomosa.core.errors import ClientError, status_of
+from jiomosa.core.guard import Guard
 from jiomosa.core.settings import Settings
 from jiomosa.core.tasks import TaskSet
 from jiomosa.core.types import MAX_FPS, MAX_QUALITY, MIN_FPS, MIN_QUALITY
+from jiomosa.frames.delta import DeltaUpdate
+from jiomosa.frames.deltasub import delta_query
 from jiomosa.frames.hub import Frame
 from jiomosa.frames.pacer import Subscriber
 from jiomosa.sessions.manager import SessionManager
@@ -69,8 +72,12 @@ NOT_SENT_LOW_WATER = 32 * 1024  # bytes of unsent data the kernel may hold per s
 MAX_ID_CHARS = 64
 
 
-def frame_header(frame: Frame, quality: int) -> bytes:
-    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, FRAME_HEADER.size, quality, 0,
+FLAG_KEY = 0x0001
+"""Header flag: a delta client's key frame (docs/protocol.md, *Delta frames*)."""
+
+
+def frame_header(frame: Frame, quality: int, flags: int = 0) -> bytes:
+    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, FRAME_HEADER.size, quality, flags,
                              frame.seq & 0xFFFFFFFF, frame.width, frame.height,
                              int(frame.timestamp * 1000))
 
@@ -92,13 +99,27 @@ class WebSocketTransport:
         self._transport = transport
         self._sending: asyncio.Task[None] | None = None
 
-    async def send_frame(self, frame: Frame, image: bytes, sub: Subscriber) -> None:
+    async def send_frame(self, frame: Frame, image: bytes, sub: Subscriber,
+                         key: bool = False) -> None:
+        flags = FLAG_KEY if key else 0
+        await self._send(frame_header(frame, min(sub.quality, frame.quality), flags) + image)
+
+    async def send_delta(self, update: DeltaUpdate, sub: Subscriber) -> None:
+        await self._send(update.binary())
+
+    def link_socket(self) -> Any:
+        return self._transport.get_extra_info("socket") if self._transport else None
+
+    def queued_bytes(self) -> int:
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    async def _send(self, message: bytes) -> None:
         if self._sending is not None and not self._sending.done():
             # Never more than one frame in flight, even after a drain wait gave up.
             await asyncio.shield(self._sending)
         if self._ws.closed:
             raise ConnectionResetError("websocket closed")
-        message = frame_header(frame, min(sub.quality, frame.quality)) + image
         task = asyncio.create_task(self._ws.send_bytes(message))
         task.add_done_callback(_ignore_result)
         self._sending = task
@@ -149,6 +170,9 @@ class PlainClient:
         self.subscribed_to: Session | None = None
         self.grant = grant
         self._reply_id: Any = None
+        self.guard = server.guard
+        self.messages = server.guard.message_limit()
+        """Its message rate (``JIOMOSA_MESSAGES_PER_SECOND``)."""
 
     @property
     def transport(self) -> WebSocketTransport:
@@ -185,31 +209,51 @@ class PlainClient:
         # The connection is bound to its session: input works with or without frames.
         return self.session
 
+    def count_message(self) -> float:
+        """Count one incoming message against the connection's rate: 0.0 to handle it, else
+        seconds until one is. Raises ``events.Flooding`` once it has used up its strikes."""
+        wait, flooding = self.guard.check_message(self.messages)
+        if flooding:
+            raise events.Flooding(f"more than {self.settings.flood_strikes} messages past "
+                                  "its rate")
+        return wait
+
+    async def refuse(self, wait: float, message: str, event: str | None = None) -> None:
+        """Answer a message that is not handled: ``message``, or the rate's refusal when
+        ``wait`` (the message came too fast: whatever it says is not looked at further)."""
+        answer: dict[str, Any] = self.guard.message_refused(wait) if wait else {
+            "message": message}
+        if event is not None:
+            answer["event"] = event[:64]
+        await self.send("error", answer)
+
     async def on_text(self, text: str) -> None:
         self._reply_id = None
+        wait = self.count_message()
         try:
             message = json.loads(text)
         except ValueError:
-            await self.send("error", {"message": "message is not valid JSON"})
+            await self.refuse(wait, "message is not valid JSON")
             return
         except RecursionError:  # json's C parser recurses once per nesting level
-            await self.send("error", {"message": "message is nested too deeply"})
+            await self.refuse(wait, "message is nested too deeply")
             return
         if not isinstance(message, dict) or not isinstance(message.get("event"), str):
-            await self.send("error", {
-                "message": 'a message is a JSON object {"event": NAME, "data": {...}}'})
+            await self.refuse(wait, 'a message is a JSON object {"event": NAME, "data": {...}}')
             return
         event = message["event"]
         reply_id = message.get("id")
         if reply_id is not None and (isinstance(reply_id, bool) or not isinstance(
                 reply_id, int | str) or len(str(reply_id)) > MAX_ID_CHARS):
-            await self.send("error", {
-                "message": f"id must be a number or a string of at most {MAX_ID_CHARS} "
-                           "characters", "event": event[:64]})
+            await self.refuse(wait, f"id must be a number or a string of at most "
+                                    f"{MAX_ID_CHARS} characters", event)
             return
         self._reply_id = reply_id
         try:
-            await events.dispatch(self, event, message.get("data"))
+            if wait:
+                await self.refuse(wait, "", event)
+            else:
+                await events.dispatch(self, event, message.get("data"))
         finally:
             self._reply_id = None
 
@@ -218,13 +262,16 @@ class PlainClient:
 class PlainStreams:
     """The plain-WebSocket clients of this streamer."""
 
-    def __init__(self, settings: Settings, manager: SessionManager) -> None:
+    def __init__(self, settings: Settings, manager: SessionManager,
+                 guard: Guard | None = None) -> None:
         self.settings = settings
         self.manager = manager
+        self.guard = guard or Guard(settings)
         self.clients: dict[str, PlainClient] = {}
         self._closing = TaskSet("plain-websocket")
         manager.on_closed(self._session_closed)
         manager.on_unshared(self._unshared)
+        manager.on_state(self._session_state)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         session = await self.manager.lookup(request.match_info["session_id"])
@@ -242,15 +289,25 @@ class PlainStreams:
         session.ensure_ready()
         options = events.StreamOptions(
             _query_int(request, "fps", MIN_FPS, MAX_FPS) or self.settings.default_fps,
-            _query_int(request, "quality", MIN_QUALITY, MAX_QUALITY))
+            _query_int(request, "quality", MIN_QUALITY, MAX_QUALITY),
+            delta=delta_query(request.query))
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_body_bytes,
                                    heartbeat=HEARTBEAT, compress=False, timeout=CLOSE_TIMEOUT)
         if not ws.can_prepare(request).ok:
             raise ClientError("this path is a WebSocket: send an Upgrade request", 426,
                               session_id=grant.id if grant else session.id)
-        await ws.prepare(request)
-        _limit_unsent(request.transport)
         client = PlainClient(self, ws, session, request.transport, grant)
+        # Connections per client address: refused (429) before the upgrade, counted from here
+        # (the upgrade yields: counting after it would let parallel handshakes all pass).
+        address = self.guard.address(request.remote, request.headers.getall("X-Forwarded-For", []))
+        self.guard.check_connection(address)
+        self.guard.connection_opened(address, client.id)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self.guard.connection_closed(client.id)
+            raise
+        _limit_unsent(request.transport)
         self.clients[client.id] = client
         try:
             await client.send("status", {"message": "Connected to Jiomosa",
@@ -260,19 +317,23 @@ class PlainStreams:
                 if message.type == WSMsgType.TEXT:
                     await client.on_text(message.data)
                 elif message.type == WSMsgType.BINARY:
-                    await client.send("error", {
-                        "message": "binary messages are not accepted; send JSON text"})
+                    await client.refuse(client.count_message(),
+                                        "binary messages are not accepted; send JSON text")
                 else:  # ERROR: too large, broken framing; aiohttp closes the socket
                     break
         except ClientError as exc:
             _, reason, _ = status_of(exc)
             await client.send("error", {"message": reason, "event": "subscribe"})
             await ws.close(code=1008, message=reason[:100].encode())
+        except events.Flooding as exc:
+            log.info("plain websocket client %s closed: %s", client.id, exc)
+            await ws.close(code=1008, message=b"too many messages")
         except ConnectionError:
             pass
         except Exception:
             log.exception("plain websocket client %s failed", client.id)
         finally:
+            self.guard.connection_closed(client.id)
             self.clients.pop(client.id, None)
             await events.unsubscribe(client)
             client.transport.cancel()
@@ -289,6 +350,16 @@ class PlainStreams:
     async def _unshared(self, session: Session, reason: str) -> None:
         clients = [c for c in self.clients.values() if events.revoked(c, session)]
         await asyncio.gather(*(self._notify_closed(c, session, reason) for c in clients))
+
+    async def _session_state(self, session: Session, state: str) -> None:
+        # Every connection of the session, subscribed or not: input goes through it either way.
+        async def tell(client: PlainClient) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.send("session:state", {
+                    "session_id": events.shown_id(client, session.id), "state": state},
+                    reply=False), NOTIFY_TIMEOUT)
+        await asyncio.gather(*(tell(c) for c in list(self.clients.values())
+                               if c.session.id == session.id))
 
     async def _notify_closed(self, client: PlainClient, session: Session, reason: str) -> None:
         sub, client.sub = client.sub, None

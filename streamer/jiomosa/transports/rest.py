@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jiomosa import SERVICE_NAME, __version__, metrics
-from jiomosa.appkeys import MANAGER, SETTINGS
+from jiomosa.appkeys import GUARD, MANAGER, SETTINGS
 from jiomosa.core import validation as v
 from jiomosa.core.errors import SessionError, client_error, status_of
 from jiomosa.core.inputs import INPUT_TYPES
@@ -50,7 +50,12 @@ async def error_middleware(
             log.exception("unhandled error on %s %s", request.method, request.path)
         elif status >= 500:
             log.warning("%s on %s: %s", status, request.path, exc)
-        return error(status, message, **extra)
+        response = error(status, message, **extra)
+        if "retry_after" in extra:  # an error that says when to try again (whole seconds)
+            response.headers["Retry-After"] = str(extra["retry_after"])
+        if status == 401:  # RFC 9110: a 401 names the scheme that would work
+            response.headers["WWW-Authenticate"] = 'Bearer realm="jiomosa"'
+        return response
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -74,6 +79,12 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 async def session_of(request: web.Request) -> Session:
     return await request.app[MANAGER].lookup(request.match_info["session_id"])
+
+
+def client_address(request: web.Request) -> str:
+    """Who the request comes from, for the limits (``X-Forwarded-For`` only from a proxy
+    listed in ``JIOMOSA_TRUSTED_PROXIES``)."""
+    return request.app[GUARD].address(request.remote, request.headers.getall("X-Forwarded-For", []))
 
 
 def public_base(request: web.Request) -> str:
@@ -158,12 +169,18 @@ async def openapi(_request: web.Request) -> web.Response:
 # ------------------------------------------------------------------- sessions
 @routes.post("/api/session/create")
 async def create_session(request: web.Request) -> web.Response:
+    # Who may create, and how often, before anything else: a refused create costs nothing.
+    quota = request.app[GUARD].admit_create(client_address(request),
+                                            request.headers.get("Authorization"),
+                                            request.headers.get("X-API-Key"))
     data = await read_json(request)
     settings = request.app[SETTINGS]
     proposed = v.string(data, "session_id", 128, required=False)
     url = v.string(data, "url", 8192, required=False)
     viewport = v.viewport(data, settings)
-    session = await request.app[MANAGER].create(proposed, viewport, url or None)
+    session = await request.app[MANAGER].create(proposed, viewport, url or None, quota)
+    if quota.tag.startswith("key:"):
+        session.log.info("session created with %s", quota.label)  # the key's name, never it
     base = public_base(request)
     ws_base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     return web.json_response({
@@ -242,6 +259,7 @@ async def input_event(request: web.Request) -> web.Response:
     if kind not in INPUT_TYPES:
         raise SessionError(f"unknown input type; use one of {', '.join(INPUT_TYPES)}", 404)
     session = await session_of(request)
+    request.app[GUARD].admit_input(session.id)
     data = await read_json(request)
     ack = await session.input(kind, data)
     return web.json_response({"success": True, **ack})
@@ -283,8 +301,13 @@ async def frame_response(request: web.Request, session: Session, shown_id: str
         current = hub.latest or await hub.wait_newer(0, 5.0)
         if current is None:
             raise SessionError("no frame yet", 503)
-    image = await hub.image(current, quality)
-    etag = f'"{shown_id[:8]}-{current.seq}-{min(quality, current.quality)}"'
+    quality = min(quality, current.quality)
+    if quality < current.quality:
+        # A client cycling through qualities would have every frame re-encoded at each: past
+        # JIOMOSA_FRAME_QUALITIES it gets the nearest quality already in use (X-Frame-Quality).
+        quality = request.app[GUARD].frame_quality(session.id, quality,
+                                                   hub.encoded_qualities(current))
+    etag = f'"{shown_id[:8]}-{current.seq}-{quality}"'
     headers = {
         "ETag": etag,
         "Cache-Control": "no-cache",
@@ -292,9 +315,11 @@ async def frame_response(request: web.Request, session: Session, shown_id: str
         "X-Frame-Width": str(current.width),
         "X-Frame-Height": str(current.height),
         "X-Frame-Timestamp": f"{current.timestamp:.3f}",
+        "X-Frame-Quality": str(quality),
     }
     if request.headers.get("If-None-Match") == etag:
-        return web.Response(status=304, headers=headers)
+        return web.Response(status=304, headers=headers)  # before encoding: it is not sent
+    image = await hub.image(current, quality)
     return web.Response(body=image, content_type="image/jpeg", headers=headers)
 
 

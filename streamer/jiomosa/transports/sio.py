@@ -14,14 +14,16 @@ import socketio
 from aiohttp import web
 
 from jiomosa.core import validation as v
-from jiomosa.core.errors import SessionError
+from jiomosa.core.errors import ClientError, SessionError, status_of
+from jiomosa.core.guard import Guard
 from jiomosa.core.settings import Settings
+from jiomosa.frames.delta import DeltaUpdate
 from jiomosa.frames.hub import Frame
 from jiomosa.frames.pacer import Subscriber
 from jiomosa.sessions.manager import SessionManager
 from jiomosa.sessions.session import Session, Share
 from jiomosa.transports import events
-from jiomosa.transports.sioserver import BoundedServer
+from jiomosa.transports.sioserver import BoundedServer, ConnectionGate
 
 MAX_IN_FLIGHT = 32
 """Events one Socket.IO client may have being handled at once; more are answered ``error``."""
@@ -37,7 +39,8 @@ class SocketIOTransport:
         self.sid = sid
         self._channel = channel
 
-    async def send_frame(self, frame: Frame, image: bytes, sub: Subscriber) -> None:
+    async def send_frame(self, frame: Frame, image: bytes, sub: Subscriber,
+                         key: bool = False) -> None:
         if sub is not self._channel.sub:
             return  # a subscription being replaced: its frames would name the wrong session
         payload = {
@@ -51,7 +54,33 @@ class SocketIOTransport:
             "image": image.decode("ascii") if sub.encoding == "base64" else image,
             "stats": sub.stats(),
         }
+        if key:  # a delta client's key frame (docs/protocol.md, *Delta frames*)
+            payload["key"] = True
         await self._sio.emit("frame", payload, to=self.sid)
+
+    async def send_delta(self, update: DeltaUpdate, sub: Subscriber) -> None:
+        if sub is self._channel.sub:
+            await self._sio.emit("frame:delta", update.event(
+                events.shown_id(self._channel, sub.hub.session_id)), to=self.sid)
+
+    def _eio_sid(self) -> str | None:
+        try:
+            eio_sid: str | None = self._sio.manager.eio_sid_from_sid(self.sid, "/")
+        except KeyError:
+            return None
+        return eio_sid
+
+    def link_socket(self) -> Any:
+        """The client's TCP socket when it uses the websocket transport (delta clients read
+        its TCP_INFO, ``frames/link.py``); None on long-polling."""
+        eio_sid = self._eio_sid()
+        connection = self._sio.eio.connections.get(eio_sid) if eio_sid else None
+        return connection.get_extra_info("socket") if connection is not None else None
+
+    def queued_bytes(self) -> int:
+        eio_sid = self._eio_sid()
+        queue = self._sio.eio.queue_of(eio_sid) if eio_sid else None
+        return queue.queued_bytes if queue is not None else 0
 
     async def drained(self) -> None:
         # Engine.IO's writer takes packets off this queue only after it has written the
@@ -80,6 +109,8 @@ class SocketIOChannel:
         self.grant: Share | None = None
         self.in_flight = 0
         """Events of this client being handled now (at most ``MAX_IN_FLIGHT``)."""
+        self.messages = server.guard.message_limit()
+        """Its message rate (``JIOMOSA_MESSAGES_PER_SECOND``)."""
         self._server = server
 
     @property
@@ -106,9 +137,11 @@ class SocketIOChannel:
 class StreamServer:
     """The Socket.IO server and its clients' channels."""
 
-    def __init__(self, settings: Settings, manager: SessionManager) -> None:
+    def __init__(self, settings: Settings, manager: SessionManager,
+                 guard: Guard | None = None) -> None:
         self.settings = settings
         self.manager = manager
+        self.guard = guard or Guard(settings)
         origins: str | list[str] = "*" if settings.cors_origins == "*" else [
             o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         # Bounded: a client that does not read is dropped past max_queued_bytes (sioserver).
@@ -117,6 +150,7 @@ class StreamServer:
             cors_allowed_origins=origins,
             max_http_buffer_size=settings.max_body_bytes,
             max_queued_bytes=settings.max_queued_bytes,
+            connection_gate=AddressGate(self.guard),
             ping_interval=20,
             ping_timeout=20,
             logger=False,
@@ -125,6 +159,7 @@ class StreamServer:
         self._channels: dict[str, SocketIOChannel] = {}
         manager.on_closed(self._session_closed)
         manager.on_unshared(self._unshared)
+        manager.on_state(self._session_state)
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
         for event in events.EVENTS:
@@ -132,6 +167,8 @@ class StreamServer:
                 self.sio.on(event, self._handler(event))
         # ping answers through the Socket.IO ack, so a viewer can show its round trip.
         self.sio.on("ping", self._ping)
+        # Events nobody handles are ignored, but count against the sender's message rate.
+        self.sio.on("*", self._other)
 
     def attach(self, app: web.Application) -> None:
         self.sio.attach(app)
@@ -140,7 +177,7 @@ class StreamServer:
         @functools.wraps(events.EVENTS[event])
         async def run(sid: str, data: Any = None, *_extra: Any) -> None:
             channel = self._channels.get(sid)
-            if channel is None:
+            if channel is None or await self._refused(channel, event):
                 return
             # python-socketio runs every event in a task of its own: without a cap, a client
             # sending input faster than Chrome takes it piles up tasks holding its payloads.
@@ -158,7 +195,28 @@ class StreamServer:
 
     async def _ping(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any] | None:
         channel = self._channels.get(sid)
-        return events.pong(channel, data) if channel is not None else None
+        if channel is None or await self._refused(channel, "ping"):
+            return None
+        return events.pong(channel, data)
+
+    async def _other(self, event: str, sid: str, *_data: Any) -> None:
+        channel = self._channels.get(sid)
+        if channel is not None:
+            await self._refused(channel, event)
+
+    async def _refused(self, channel: SocketIOChannel, event: str) -> bool:
+        """Count one event against the client's message rate: True if it is not to be
+        handled (told so, or dropped for flooding)."""
+        try:
+            return await events.refused(channel, self.guard, channel.messages, event)
+        except events.Flooding as exc:
+            try:
+                eio_sid = self.sio.manager.eio_sid_from_sid(channel.id, "/")
+            except KeyError:  # gone meanwhile
+                eio_sid = None
+            if eio_sid is not None:
+                self.sio.eio.drop(eio_sid, str(exc))
+            return True
 
     async def _connect(self, sid: str, environ: dict[str, Any], _auth: Any = None) -> None:
         query = parse_qs(environ.get("QUERY_STRING", ""))
@@ -183,8 +241,41 @@ class StreamServer:
             if events.revoked(channel, session):
                 await events.session_closed(channel, session, reason)
 
+    async def _session_state(self, session: Session, state: str) -> None:
+        for channel in list(self._channels.values()):
+            await events.session_state(channel, session, state)
+
     async def shutdown(self) -> None:
         for channel in list(self._channels.values()):
             await events.unsubscribe(channel)
         await asyncio.gather(*(self.sio.disconnect(sid) for sid in list(self._channels)),
                              return_exceptions=True)
+
+
+class AddressGate(ConnectionGate):
+    """Socket.IO connections per client address (``JIOMOSA_CONNECTIONS_PER_ADDRESS``,
+    ``JIOMOSA_CONNECTS_PER_MINUTE``), counted with the plain WebSocket's."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    def _address(self, environ: dict[str, Any]) -> str:
+        request = environ.get("aiohttp.request")
+        if not isinstance(request, web.BaseRequest):
+            return self._guard.address(environ.get("REMOTE_ADDR"))
+        return self._guard.address(request.remote, request.headers.getall("X-Forwarded-For", []))
+
+    def admit(self, environ: dict[str, Any]) -> tuple[str, int | None] | None:
+        try:
+            self._guard.check_connection(self._address(environ))
+        except ClientError as exc:
+            _, message, extra = status_of(exc)
+            wait = extra.get("retry_after")
+            return message, int(wait) if wait is not None else None
+        return None
+
+    def opened(self, sid: str, environ: dict[str, Any]) -> None:
+        self._guard.connection_opened(self._address(environ), "sio-" + sid)
+
+    def closed(self, sid: str) -> None:
+        self._guard.connection_closed("sio-" + sid)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import engineio
 import socketio
@@ -151,17 +151,52 @@ class _TrackedWebSocket(eio_aiohttp.WebSocket):
         return data
 
 
-class BoundedEngineServer(engineio.AsyncServer):
-    """python-engineio's server with a byte limit on what waits for each client."""
+class ConnectionGate(Protocol):
+    """Who may open an Engine.IO connection (the limits per client address, issue #13)."""
 
-    def __init__(self, *, max_queued_bytes: int, **kwargs: Any) -> None:
+    def admit(self, environ: dict[str, Any]) -> tuple[str, int | None] | None:
+        """None: go on; else (why, seconds to wait or None) and the handshake gets a 429."""
+        ...
+
+    def opened(self, sid: str, environ: dict[str, Any]) -> None: ...
+
+    def closed(self, sid: str) -> None: ...
+
+
+def too_many(message: str, retry_after: int | None) -> dict[str, Any]:
+    """The handshake's answer when the gate refuses: 429, JSON as the REST errors."""
+    headers = [("Content-Type", "application/json")]
+    body: dict[str, Any] = {"error": message}
+    if retry_after is not None:
+        headers.append(("Retry-After", str(retry_after)))
+        body["retry_after"] = retry_after
+    return {"status": "429 TOO MANY REQUESTS", "headers": headers,
+            "response": json.dumps(body).encode()}
+
+
+class BoundedEngineServer(engineio.AsyncServer):
+    """python-engineio's server with a byte limit on what waits for each client, and a
+    gate on new connections."""
+
+    def __init__(self, *, max_queued_bytes: int, connection_gate: ConnectionGate | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_queued_bytes = max_queued_bytes
+        self.connection_gate = connection_gate
         self.connections: dict[str, asyncio.Transport] = {}
         self._dropping: set[str] = set()
         self._closing = TaskSet("engineio-drop")
         # A copy: the driver table is shared module state of engineio.
         self._async: dict[str, Any] = {**self._async, "websocket": _TrackedWebSocket}
+
+    async def _handle_connect(self, environ: dict[str, Any], transport: str,
+                              jsonp_index: int | None = None) -> Any:
+        # A handshake (no sid yet): refused before a socket, a queue or a task exists for it.
+        if self.connection_gate is not None:
+            refusal = self.connection_gate.admit(environ)
+            if refusal is not None:
+                return too_many(*refusal)
+        return await super()._handle_connect(environ, transport, jsonp_index)
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Any:
         # engineio's sockets call create_queue() without arguments for their send queue.
@@ -249,6 +284,18 @@ class BoundedServer(socketio.AsyncServer):
     def _engineio_server_class(self) -> type[BoundedEngineServer]:
         return BoundedEngineServer
 
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        gate = self.eio.connection_gate
+        if gate is not None:
+            gate.opened(eio_sid, environ)
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        gate = self.eio.connection_gate
+        if gate is not None:
+            gate.closed(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         size = _frame_size(pkt)
         queue = self.eio.queue_of(eio_sid) if size is not None else None
@@ -280,11 +327,16 @@ class BoundedServer(socketio.AsyncServer):
 
 
 def _frame_size(pkt: Any) -> int | None:
-    """What a ``frame`` event costs in the queue (its image and the rest), None for others."""
+    """What a ``frame`` (or a delta client's ``frame:delta``) event costs in the queue (its
+    images and the rest), None for others."""
     if not (pkt.packet_type in (sio_packet.EVENT, sio_packet.BINARY_EVENT)
-            and isinstance(pkt.data, list) and pkt.data[:1] == ["frame"]):
+            and isinstance(pkt.data, list) and pkt.data[:1] in (["frame"], ["frame:delta"])):
         return None
     payload = pkt.data[1] if len(pkt.data) > 1 else None
+    if pkt.data[0] == "frame:delta" and isinstance(payload, dict):
+        images = payload.get("images")
+        return sum(len(i.get("data") or b"") for i in images if isinstance(i, dict)) + (
+            FRAME_REST) if isinstance(images, list) else FRAME_REST
     image = payload.get("image") if isinstance(payload, dict) else None
     return (len(image) if isinstance(image, str | bytes) else 0) + FRAME_REST
 
