@@ -30,7 +30,15 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, Api, PageServer
 from PIL import Image, ImageChops
-from test_c_fuzz import ASAN, HostileServer, client_frames, hostile, upgrade_answer, ws_frame
+from test_c_fuzz import (
+    HostileServer,
+    build_variant,
+    client_frames,
+    hostile,
+    upgrade_answer,
+    ws_frame,
+)
+from test_c_fuzz import build as build_client
 
 CLIENT_DIR = ROOT / "clients" / "c"
 FUZZ_DIR = CLIENT_DIR / "fuzz"
@@ -45,21 +53,14 @@ JPEG, PNG = 1, 2
 
 
 def build(out: Path, *args: str) -> Path:
-    done = subprocess.run(["make", "-C", str(CLIENT_DIR), f"OUT={out}", "DELTA=1", *args],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return out
+    """make in clients/c with the delta decoder (DELTA=1)."""
+    return build_client(out, "DELTA=1", *args)
 
 
 @pytest.fixture(scope="module", params=["plain", "asan"])
 def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("make") is None or shutil.which("gcc") is None:
-        pytest.fail("make and gcc are needed (Debian packages: make gcc libc6-dev)")
-    out = tmp_path_factory.mktemp(f"c-delta-{request.param}")
-    if request.param == "plain":
-        return build(out, "EXTRA_CFLAGS=-Werror") / "jiomosa-client"
-    return build(out, "CC=gcc", f"EXTRA_CFLAGS=-Werror {ASAN}", f"LDFLAGS={ASAN}") / \
-        "jiomosa-client"
+    return build_variant(tmp_path_factory.mktemp(f"c-delta-{request.param}"), request.param,
+                         "DELTA=1")
 
 
 # --------------------------------------------------------------------------- messages

@@ -40,13 +40,18 @@ def build(out: Path, *args: str) -> Path:
 @pytest.fixture(scope="module", params=["plain", "asan"])
 def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The client as shipped (a crash is a signal) and under ASan/UBSan (a crash is a report)."""
+    return build_variant(tmp_path_factory.mktemp(f"c-client-{request.param}"), request.param)
+
+
+def build_variant(out: Path, variant: str, *args: str) -> Path:
+    """The client binary built into ``out``: ``plain`` (as shipped) or ``asan`` (ASan and
+    UBSan); ``args`` are further make arguments (DELTA=1)."""
     if shutil.which("make") is None or shutil.which("gcc") is None:
         pytest.fail("make and gcc are needed (Debian packages: make gcc libc6-dev)")
-    out = tmp_path_factory.mktemp(f"c-client-{request.param}")
-    if request.param == "plain":
-        return build(out, "EXTRA_CFLAGS=-Werror") / "jiomosa-client"
-    asan = build(out, "CC=gcc", f"EXTRA_CFLAGS=-Werror {ASAN}", f"LDFLAGS={ASAN}")
-    return asan / "jiomosa-client"
+    if variant == "plain":
+        return build(out, *args, "EXTRA_CFLAGS=-Werror") / "jiomosa-client"
+    return build(out, *args, "CC=gcc", f"EXTRA_CFLAGS=-Werror {ASAN}",
+                 f"LDFLAGS={ASAN}") / "jiomosa-client"
 
 
 # --------------------------------------------------------------------------- a hostile server
